@@ -1,0 +1,1 @@
+"""HTTP plumbing shared by the replica runtime, the gateway and the control API (no modelport domain)."""

@@ -1,0 +1,98 @@
+"""Shared vocabulary: ids, phases and the messages that cross layer boundaries.
+
+A leaf module: it imports nothing of modelport's. The controller publishes `ApiRoute`s to the gateway and
+reads `ApiTraffic` back through these types, so neither has to import the other.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from enum import StrEnum
+from typing import NewType
+
+ApiName = NewType("ApiName", str)
+ReplicaId = NewType("ReplicaId", str)
+Revision = NewType("Revision", str)
+
+
+class ApiKind(StrEnum):
+    REALTIME = "RealtimeAPI"
+    BATCH = "BatchAPI"
+    ASYNC = "AsyncAPI"
+    TASK = "TaskAPI"
+    TRAFFIC_SPLITTER = "TrafficSplitter"
+
+
+class ApiStatus(StrEnum):
+    """What `modelport get` shows; always derived from observed replicas, never assumed."""
+
+    LIVE = "live"
+    UPDATING = "updating"
+    ERROR = "error"
+    COMPUTE_UNAVAILABLE = "compute unavailable"
+
+
+class ReplicaPhase(StrEnum):
+    """Lifecycle of one replica process as the backend observes it."""
+
+    STARTING = "starting"  # process alive, /readyz not yet 200
+    READY = "ready"  # /readyz answered 200: may receive traffic
+    DRAINING = "draining"  # SIGTERM sent: finishing in-flight requests, receives no new ones
+    EXITED = "exited"  # process gone; exit_code says how
+
+
+@dataclass(frozen=True, slots=True)
+class Address:
+    """Where a replica listens: a loopback TCP port."""
+
+    host: str
+    port: int
+
+    def __str__(self) -> str:
+        return f"{self.host}:{self.port}"
+
+
+@dataclass(frozen=True, slots=True)
+class ReplicaTarget:
+    """One ready replica the gateway may send requests to."""
+
+    replica_id: ReplicaId
+    address: Address
+    revision: Revision
+
+
+@dataclass(frozen=True, slots=True)
+class ApiRoute:
+    """Everything the gateway needs to serve one API; published by the controller on every change."""
+
+    api_name: ApiName
+    endpoint: str  # "/iris-classifier"
+    replicas: tuple[ReplicaTarget, ...]
+    max_replica_concurrency: int
+    status: ApiStatus
+    # Shown in the 503 body when no replica is ready ("predictor __init__ failed: see `modelport logs x`").
+    unavailable_reason: str | None = None
+    # Realtime predictors are idempotent by default: a request whose replica died before answering may be
+    # sent to another replica once.
+    retry_on_failure: bool = True
+
+
+@dataclass(frozen=True, slots=True)
+class ApiTraffic:
+    """Counters the gateway keeps per API since the API's current revision was first routed."""
+
+    api_name: ApiName
+    status_2xx: int = 0
+    status_4xx: int = 0
+    status_5xx: int = 0
+    latency_seconds_sum: float = 0.0  # over every answered request
+    in_flight: Mapping[ReplicaId, int] = field(default_factory=dict)  # queued at or running on each replica
+
+    @property
+    def requests(self) -> int:
+        return self.status_2xx + self.status_4xx + self.status_5xx
+
+    @property
+    def avg_latency_seconds(self) -> float | None:
+        return self.latency_seconds_sum / self.requests if self.requests else None

@@ -1,4 +1,14 @@
-"""`python -m modelport` is the same as the `modelport` command (replicas and the daemon start this way)."""
+"""`python -m modelport` is the `modelport` command; replicas start this way too.
+
+`replica` skips the CLI's imports (click, rich, the client): every replica start pays for them otherwise.
+"""
+
+import sys
+
+if len(sys.argv) > 1 and sys.argv[1] == "replica":
+    from modelport.runtime.server import main as replica_main
+
+    sys.exit(replica_main(sys.argv[2:]))
 
 from modelport.cli.main import main
 

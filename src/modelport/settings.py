@@ -50,6 +50,10 @@ class Settings:
         return self.home / "snapshots"
 
     @property
+    def specs_dir(self) -> Path:
+        return self.home / "specs"
+
+    @property
     def daemon_pid_path(self) -> Path:
         return self.home / "daemon.pid"
 

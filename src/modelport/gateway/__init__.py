@@ -1,1 +1,4 @@
-"""gateway"""
+"""The gateway: routes prediction requests to replicas (least outstanding requests), counts traffic.
+
+Wired by modelport.cluster; the controller talks to it only through RouteSink / TrafficSource.
+"""

@@ -12,9 +12,10 @@ import asyncio
 import contextlib
 import socket
 from collections import deque
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Callable, Coroutine, Sequence
 from dataclasses import dataclass, field
 from http import HTTPStatus
+from typing import Any, cast
 from urllib.parse import parse_qsl
 
 import httptools  # type: ignore[import-untyped,unused-ignore]
@@ -69,10 +70,14 @@ def error_response(status: int, message: str, **extra: object) -> Response:
     return json_response(status, {"error": message, **extra})
 
 
-Handler = Callable[[Request], Awaitable[Response]]
+Handler = Callable[[Request], Coroutine[Any, Any, Response]]
 
 
-def encode_response(response: Response, *, keep_alive: bool) -> bytes:
+_BODILESS_STATUSES = frozenset({204, 304})
+
+
+def encode_response(response: Response, *, keep_alive: bool, head: bool = False) -> bytes:
+    """Serialize a response; a HEAD request or a 204/304 gets the headers only."""
     if response.raw is not None:
         return response.raw
     body = response.body
@@ -87,7 +92,8 @@ def encode_response(response: Response, *, keep_alive: bool) -> bytes:
     if not keep_alive:
         parts.append(b"connection: close\r\n")
     parts.append(b"\r\n")
-    parts.append(body)
+    if not head and response.status not in _BODILESS_STATUSES:
+        parts.append(body)
     return b"".join(parts)
 
 
@@ -96,9 +102,12 @@ class _Connection(asyncio.Protocol):
 
     __slots__ = (
         "_body",
+        "_body_size",
         "_closing",
         "_current",
+        "_current_is_head",
         "_headers",
+        "_headers_done",
         "_loop",
         "_parser",
         "_pending",
@@ -116,15 +125,18 @@ class _Connection(asyncio.Protocol):
         self._url = b""
         self._headers: list[tuple[bytes, bytes]] = []
         self._body: list[bytes] = []
+        self._body_size = 0
+        self._headers_done = False
         self._too_large = False
         self._pending: deque[tuple[Request, bool]] = deque()
+        self._current_is_head = False
         self._current: asyncio.Task[Response] | None = None
         self._closing = False
 
     # asyncio.Protocol
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
-        self._transport = transport
+        # uvloop's transports are not asyncio.Transport subclasses, but have the same interface.
+        self._transport = cast(asyncio.Transport, transport)
         sock = transport.get_extra_info("socket")
         if sock is not None and sock.family in (socket.AF_INET, socket.AF_INET6):
             with contextlib.suppress(OSError):
@@ -151,31 +163,39 @@ class _Connection(asyncio.Protocol):
         self._url = b""
         self._headers = []
         self._body = []
+        self._body_size = 0
+        self._headers_done = False
         self._too_large = False
 
     def on_url(self, url: bytes) -> None:
         self._url += url
 
     def on_header(self, name: bytes, value: bytes) -> None:
+        if self._headers_done:
+            return  # trailer fields of a chunked body are not request headers
         self._headers.append((name.lower(), value))
 
     def on_headers_complete(self) -> None:
+        self._headers_done = True
+        expects_continue = False
         for key, value in self._headers:
             if key == b"content-length":
-                try:
+                with contextlib.suppress(ValueError):
                     if int(value) > self._server.max_body_bytes:
                         self._too_large = True
-                except ValueError:
-                    pass
-            elif key == b"expect" and value.lower() == b"100-continue" and self._transport is not None:
-                if not self._too_large:
-                    self._transport.write(b"HTTP/1.1 100 Continue\r\n\r\n")
+            elif key == b"expect" and value.lower() == b"100-continue":
+                expects_continue = True
+        # Only the request being answered next may be told to continue: an interim response for a
+        # pipelined request would overtake the answer to the one before it.
+        if expects_continue and not self._too_large and self._current is None and self._transport is not None:
+            self._transport.write(b"HTTP/1.1 100 Continue\r\n\r\n")
 
     def on_body(self, body: bytes) -> None:
         if self._too_large:
             return
         self._body.append(body)
-        if sum(len(b) for b in self._body) > self._server.max_body_bytes:
+        self._body_size += len(body)
+        if self._body_size > self._server.max_body_bytes:
             self._too_large = True
             self._body = []
 
@@ -205,13 +225,16 @@ class _Connection(asyncio.Protocol):
     def _dispatch(self, request: Request, keep_alive: bool) -> None:
         server = self._server
         server.in_flight += 1
+        self._current_is_head = request.method == "HEAD"
         task = self._loop.create_task(server.handler(request))
+        server._tasks.add(task)
         self._current = task
         task.add_done_callback(lambda t: self._on_handled(t, keep_alive))
 
     def _on_handled(self, task: asyncio.Task[Response], keep_alive: bool) -> None:
         server = self._server
         server.in_flight -= 1
+        server._tasks.discard(task)
         self._current = None
         if task.cancelled():
             response = error_response(503, "server shutting down")
@@ -224,7 +247,7 @@ class _Connection(asyncio.Protocol):
         transport = self._transport
         if transport is not None and not transport.is_closing():
             keep_alive = keep_alive and not response.close_connection and not self._closing
-            transport.write(encode_response(response, keep_alive=keep_alive))
+            transport.write(encode_response(response, keep_alive=keep_alive, head=self._current_is_head))
             if not keep_alive:
                 transport.close()
                 self._transport = None
@@ -272,9 +295,16 @@ class HttpServer:
     _server: asyncio.base_events.Server | None = None
     _connections: set[_Connection] = field(default_factory=set)
     _idle_waiter: asyncio.Future[None] | None = None
+    _tasks: set[asyncio.Task[Response]] = field(default_factory=set)
 
-    async def start(self, *, host: str = "127.0.0.1", port: int = 0, sock: socket.socket | None = None,
-                    backlog: int = 2048) -> Address:
+    async def start(
+        self,
+        *,
+        host: str = "127.0.0.1",
+        port: int = 0,
+        sock: socket.socket | None = None,
+        backlog: int = 2048,
+    ) -> Address:
         """Listen on host:port (port 0 = a free one), or on an already bound socket. Returns the address."""
         loop = asyncio.get_running_loop()
         if sock is not None:
@@ -290,10 +320,9 @@ class HttpServer:
         if self._server is not None:
             self._server.close()
 
-    async def drain(self, timeout: float) -> bool:
-        """Stop accepting, let in-flight requests finish (up to `timeout` s), close every connection.
-
-        Returns True when everything in flight finished in time.
+    async def drain(self, timeout: float) -> bool:  # noqa: ASYNC109 (a grace period, not a cancel scope)
+        """Stop accepting, let in-flight requests finish (up to `timeout` s), then cancel what is left and
+        close every connection. Returns True when everything in flight finished in time.
         """
         self.stop_accepting()
         for conn in list(self._connections):
@@ -305,6 +334,9 @@ class HttpServer:
                 await asyncio.wait_for(asyncio.shield(self._idle_waiter), timeout)
             except TimeoutError:
                 finished = False
+                for task in list(self._tasks):
+                    task.cancel()
+                await asyncio.sleep(0)  # let the cancelled handlers run their cleanup
         for conn in list(self._connections):
             if conn._transport is not None:
                 conn._transport.close()

@@ -1,0 +1,403 @@
+"""The `modelport` command: parses flags, wires settings to the client and the daemon, prints results.
+
+The only place that parses command-line flags. Exit codes: 0 success, 1 failure, 2 bad input (an invalid
+spec, a bad flag), 130 interrupted.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, TypeVar
+
+import click
+
+from modelport.cli import output
+from modelport.client import Client, PredictionError
+from modelport.errors import ClusterNotRunningError, ModelportError, UserInputError
+from modelport.settings import Settings
+from modelport.version import __version__
+
+R = TypeVar("R")
+
+EXIT_FAILURE = 1
+EXIT_BAD_INPUT = 2
+
+OUTPUT_OPTION = click.option(
+    "-o",
+    "--output",
+    type=click.Choice(["pretty", "json"]),
+    default="pretty",
+    show_default=True,
+    help="pretty tables for people, json for programs",
+)
+
+
+def _fail_cleanly(func: Callable[..., R]) -> Callable[..., R]:
+    """Turn modelport errors into a one-line message on stderr and a meaningful exit code."""
+
+    @functools.wraps(func)
+    def wrapper(*args: Any, **kwargs: Any) -> R:
+        try:
+            return func(*args, **kwargs)
+        except UserInputError as exc:
+            for line in str(exc).splitlines() or [type(exc).__name__]:
+                output.error(line)
+            sys.exit(EXIT_BAD_INPUT)
+        except PredictionError as exc:
+            output.error(str(exc))
+            sys.exit(EXIT_FAILURE)
+        except ModelportError as exc:
+            output.error(str(exc))
+            sys.exit(EXIT_FAILURE)
+        except KeyboardInterrupt:
+            sys.exit(130)
+
+    return wrapper
+
+
+@dataclasses.dataclass
+class Context:
+    settings: Settings
+    env: str
+
+    def client(self) -> Client:
+        return Client(self.settings)
+
+    def running_client(self) -> Client:
+        """A client of a running cluster, starting the cluster first when none answers."""
+        client = self.client()
+        if not client.is_running():
+            _start_cluster(self.settings, quiet=False)
+        return client
+
+
+pass_context = click.make_pass_decorator(Context)
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 110})
+@click.version_option(__version__, prog_name="modelport")
+@click.option(
+    "-e",
+    "--env",
+    default="local",
+    show_default=True,
+    help="environment to act on (only 'local', the embedded cluster, exists for now)",
+)
+@click.option(
+    "--home",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=None,
+    help="state folder of the local cluster [env MODELPORT_HOME; default ~/.modelport]",
+)
+@click.option(
+    "--gateway-port",
+    type=click.IntRange(1, 65535),
+    default=None,
+    help="port of the prediction gateway [env MODELPORT_GATEWAY_PORT; default 8888]",
+)
+@click.option(
+    "--control-port",
+    type=click.IntRange(1, 65535),
+    default=None,
+    help="port of the control API [env MODELPORT_CONTROL_PORT; default 8889]",
+)
+@click.pass_context
+def cli(
+    ctx: click.Context, env: str, home: Path | None, gateway_port: int | None, control_port: int | None
+) -> None:
+    """Deploy Python predictors as autoscaled, monitored web APIs."""
+    try:
+        settings = Settings.from_env()
+    except UserInputError as exc:
+        output.error(str(exc))
+        sys.exit(EXIT_BAD_INPUT)
+    if env != "local":
+        output.error(
+            f"environment {env!r} is not configured; the only environment is 'local' "
+            "(the embedded cluster on this machine)"
+        )
+        sys.exit(EXIT_BAD_INPUT)
+    overrides: dict[str, Any] = {}
+    if home is not None:
+        overrides["home"] = home.expanduser().absolute()
+    if gateway_port is not None:
+        overrides["gateway_port"] = gateway_port
+    if control_port is not None:
+        overrides["control_port"] = control_port
+    ctx.obj = Context(settings=dataclasses.replace(settings, **overrides), env=env)
+
+
+# cluster -------------------------------------------------------------------------------------------------
+
+
+@cli.group()
+def cluster() -> None:
+    """Start, stop and inspect the local cluster."""
+
+
+def _start_cluster(settings: Settings, *, quiet: bool) -> None:
+    from modelport.cluster.daemon import spawn_daemon
+
+    client = Client(settings)
+    if not quiet:
+        output.stderr.print(f"starting the local cluster (home {settings.home}) ...")
+    spawn_daemon(settings, is_ready=client.is_running)
+    if not quiet:
+        output.stderr.print(
+            f"the local cluster is up: gateway {settings.gateway_url}, control API {settings.control_url}"
+        )
+
+
+@cluster.command("up")
+@pass_context
+@_fail_cleanly
+def cluster_up(ctx: Context) -> None:
+    """Start the local cluster in the background (deploy does this when needed)."""
+    if ctx.client().is_running():
+        output.stderr.print(f"the local cluster is already running (gateway {ctx.settings.gateway_url})")
+        return
+    _start_cluster(ctx.settings, quiet=False)
+
+
+@cluster.command("down")
+@pass_context
+@_fail_cleanly
+def cluster_down(ctx: Context) -> None:
+    """Stop the local cluster and every replica it started."""
+    from modelport.cluster.daemon import force_stop, read_daemon_info, wait_for_exit
+
+    client = ctx.client()
+    info = read_daemon_info(ctx.settings)
+    try:
+        client.shutdown()
+    except ClusterNotRunningError:
+        if info is None or not wait_for_exit(info.pid, timeout=0):
+            output.stderr.print("the local cluster is not running")
+            return
+    output.stderr.print("stopping the local cluster (draining in-flight requests) ...")
+    if info is not None and not wait_for_exit(info.pid, timeout=90):
+        output.error(f"the cluster (pid {info.pid}) did not stop within 90 s; killing it")
+        force_stop(info.pid)
+    output.stderr.print("the local cluster is stopped")
+
+
+@cluster.command("info")
+@OUTPUT_OPTION
+@pass_context
+@_fail_cleanly
+def cluster_info(ctx: Context, **_: Any) -> None:
+    """Where the local cluster listens and what it holds."""
+    info = ctx.client().health()
+    if _wants_json():
+        output.print_json(info)
+        return
+    for key in ("status", "version", "pid", "home", "gateway_url", "control_url", "apis"):
+        output.stdout.print(f"{key.replace('_', ' ')}: {info[key]}")
+
+
+@cluster.command("run", hidden=True)
+@pass_context
+def cluster_run(ctx: Context) -> None:
+    """Run the cluster in the foreground (what `cluster up` starts in the background)."""
+    from modelport.cluster.daemon import daemon_main
+
+    sys.exit(daemon_main(ctx.settings))
+
+
+# APIs ----------------------------------------------------------------------------------------------------
+
+
+@cli.command()
+@click.argument("path", default=".", type=click.Path(path_type=Path))
+@click.option("--wait", is_flag=True, help="wait until every deployed API is live (or fails)")
+@click.option("--timeout", default=300.0, show_default=True, help="seconds --wait waits at most")
+@OUTPUT_OPTION
+@pass_context
+@_fail_cleanly
+def deploy(ctx: Context, path: Path, wait: bool, timeout: float, **_: Any) -> None:
+    """Create or update the APIs of the project at PATH (a folder with modelport.yaml, or the file)."""
+    from modelport.spec.load import load_project
+
+    load_project(path)  # bad specs fail here, before any cluster is touched (exit 2)
+    client = ctx.running_client()
+    results = client.deploy(path)
+    if _wants_json() and not wait:
+        output.print_json(results)
+        return
+    for result in results:
+        verb = {"created": "creating", "updated": "updating"}.get(result["action"])
+        line = (
+            f"{verb} {result['api']} ({result['kind']})"
+            if verb
+            else f"{result['api']} ({result['kind']}) is up to date"
+        )
+        output.stderr.print(line)
+    if wait:
+        final = _wait_until_settled(client, [r["api"] for r in results], timeout=timeout)
+        if _wants_json():
+            output.print_json(final)
+        if any(api["status"] != "live" for api in final):
+            sys.exit(EXIT_FAILURE)
+        return
+    if results:
+        name = results[0]["api"]
+        output.stderr.print(
+            f"\nmodelport get {name}     (show api info)\nmodelport logs {name}    (stream api logs)"
+        )
+
+
+def _wait_until_settled(client: Client, names: list[str], *, timeout: float) -> list[dict[str, Any]]:
+    deadline = time.monotonic() + timeout
+    while True:
+        apis = [client.get_api(name) for name in names]
+        pending = [a for a in apis if a["status"] not in ("live", "error", "compute unavailable")]
+        if not pending:
+            for api in apis:
+                message = f"{api['name']} is {api['status']}"
+                if api.get("reason"):
+                    message += f": {api['reason']}"
+                output.stderr.print(message)
+            return apis
+        if time.monotonic() > deadline:
+            raise ModelportError(
+                f"{', '.join(a['name'] for a in pending)} not live after {timeout:.0f} s "
+                f"(status {pending[0]['status']}); see `modelport logs {pending[0]['name']}`"
+            )
+        time.sleep(0.2)
+
+
+@cli.command()
+@click.argument("api", required=False)
+@OUTPUT_OPTION
+@click.option("-w", "--watch", is_flag=True, help="re-print every 2 s until interrupted")
+@pass_context
+@_fail_cleanly
+def get(ctx: Context, api: str | None, watch: bool, **_: Any) -> None:
+    """Show every API (status, replicas, traffic), or one API in detail."""
+    client = ctx.client()
+    while True:
+        if api is None:
+            apis = client.list_apis()
+            if _wants_json():
+                output.print_json(apis)
+            elif not apis:
+                output.stdout.print("no apis are deployed")
+            else:
+                output.stdout.print(output.apis_table(apis, now=time.time()))
+        else:
+            detail = client.get_api(api)
+            if _wants_json():
+                output.print_json(detail)
+            else:
+                output.show_api(detail, now=time.time())
+        if not watch:
+            return
+        time.sleep(2)
+        output.stdout.clear()
+
+
+@cli.command()
+@click.argument("api")
+@OUTPUT_OPTION
+@pass_context
+@_fail_cleanly
+def describe(ctx: Context, api: str, **_: Any) -> None:
+    """One row per replica of API: state, revision, in-flight requests, restarts, age."""
+    detail = ctx.client().get_api(api)
+    if _wants_json():
+        output.print_json(detail["replicas"])
+        return
+    if not detail["replicas"]:
+        output.stdout.print(f"{api} has no replicas (status {detail['status']})")
+        return
+    output.stdout.print(output.replicas_table(detail["replicas"], now=time.time()))
+
+
+@cli.command()
+@click.argument("api")
+@click.argument("file", required=False, type=click.Path(allow_dash=True, path_type=Path))
+@click.option("--query", default="", help="query string to send, e.g. 'sleep=0.5'")
+@pass_context
+@_fail_cleanly
+def predict(ctx: Context, api: str, file: Path | None, query: str) -> None:
+    """POST the JSON in FILE (or stdin with '-', default ./sample.json) to API and print the answer."""
+    if file is None:
+        file = Path("sample.json")
+        if not file.is_file():
+            raise UserInputError("predict: give a JSON file (or '-' for stdin); no ./sample.json here")
+    if str(file) == "-":
+        body = sys.stdin.buffer.read()
+    else:
+        try:
+            body = file.read_bytes()
+        except OSError as exc:
+            raise UserInputError(f"predict: cannot read {file}: {exc.strerror}") from None
+    result = ctx.client().predict(api, body=body, query=query)
+    if isinstance(result, bytes):
+        sys.stdout.buffer.write(result)
+    elif isinstance(result, str):
+        sys.stdout.write(result + ("" if result.endswith("\n") else "\n"))
+    else:
+        output.print_json(result)
+
+
+@cli.command()
+@click.argument("api")
+@click.option("--follow/--no-follow", default=True, show_default=True, help="keep printing new lines")
+@pass_context
+@_fail_cleanly
+def logs(ctx: Context, api: str, follow: bool) -> None:
+    """Print the logs of every replica of API, prefixed with the replica, and follow them."""
+    client = ctx.client()
+    cursor: dict[str, int] | None = None
+    while True:
+        lines, cursor = client.read_logs(api, cursor)
+        for entry in lines:
+            sys.stdout.write(f"[{entry['replica']}] {entry['line']}\n")
+        sys.stdout.flush()
+        if not follow:
+            return
+        time.sleep(0.25)
+
+
+@cli.command()
+@click.argument("api")
+@pass_context
+@_fail_cleanly
+def refresh(ctx: Context, api: str) -> None:
+    """Restart every replica of API with no downtime (a rolling restart)."""
+    ctx.client().refresh(api)
+    output.stderr.print(f"updating {api}")
+
+
+@cli.command()
+@click.argument("api")
+@pass_context
+@_fail_cleanly
+def delete(ctx: Context, api: str) -> None:
+    """Delete API and stop its replicas."""
+    ctx.client().delete(api)
+    output.stderr.print(f"deleted {api}")
+
+
+@cli.command("replica", hidden=True, context_settings={"ignore_unknown_options": True})
+@click.argument("args", nargs=-1, type=click.UNPROCESSED)
+def replica(args: tuple[str, ...]) -> None:
+    """Run one replica of an API (started by the cluster, not by users)."""
+    from modelport.runtime.server import main as replica_main
+
+    sys.exit(replica_main(list(args)))
+
+
+def _wants_json() -> bool:
+    ctx = click.get_current_context()
+    return bool(ctx.params.get("output") == "json")
+
+
+def main() -> None:
+    cli(prog_name="modelport")

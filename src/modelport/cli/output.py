@@ -1,0 +1,124 @@
+"""How the CLI shows things: rich tables for people, JSON for machines (`-o json`), errors on stderr.
+
+Pure formatting: every function takes the control API's JSON shapes (cluster/serialize.py) and a clock
+reading, so the tables are testable without a cluster.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from collections.abc import Sequence
+from typing import Any
+
+import yaml
+from rich.console import Console
+from rich.table import Table
+from rich.text import Text
+
+stdout = Console(highlight=False, soft_wrap=True)
+stderr = Console(stderr=True, highlight=False, soft_wrap=True)
+
+
+def print_json(value: Any) -> None:
+    sys.stdout.write(json.dumps(value, indent=2, sort_keys=False) + "\n")
+    sys.stdout.flush()
+
+
+def error(message: str) -> None:
+    stderr.print(Text("error: ", style="bold red") + Text(message))
+
+
+def age(seconds: float | None) -> str:
+    """Cortex style: 8s, 3m, 9h, 2d."""
+    if seconds is None:
+        return "-"
+    seconds = max(0.0, seconds)
+    if seconds < 60:
+        return f"{int(seconds)}s"
+    if seconds < 3600:
+        return f"{int(seconds // 60)}m"
+    if seconds < 86400:
+        return f"{int(seconds // 3600)}h"
+    return f"{int(seconds // 86400)}d"
+
+
+def latency(seconds: float | None) -> str:
+    if seconds is None:
+        return "-"
+    if seconds < 0.001:
+        return f"{seconds * 1_000_000:.0f}µs"
+    if seconds < 1:
+        return f"{seconds * 1000:.0f}ms" if seconds >= 0.01 else f"{seconds * 1000:.1f}ms"
+    return f"{seconds:.1f}s"
+
+
+_STATUS_STYLE = {"live": "green", "updating": "yellow", "error": "red", "compute unavailable": "red"}
+
+
+def _status(status: str) -> Text:
+    return Text(status, style=_STATUS_STYLE.get(status, ""))
+
+
+def _count(value: int) -> str:
+    return str(value) if value else "-"
+
+
+def apis_table(apis: Sequence[dict[str, Any]], *, now: float) -> Table:
+    table = Table(box=None, pad_edge=False, header_style="bold")
+    for column in (
+        "api",
+        "status",
+        "up-to-date",
+        "requested",
+        "last update",
+        "avg request",
+        "2XX",
+        "4XX",
+        "5XX",
+    ):
+        table.add_column(column)
+    for api in apis:
+        metrics = api["metrics"]
+        table.add_row(
+            api["name"],
+            _status(api["status"]),
+            str(api["up_to_date"]),
+            str(api["requested"]),
+            age(now - api["last_updated"]) if api.get("last_updated") else "-",
+            latency(metrics["avg_latency_seconds"]),
+            _count(metrics["2XX"]),
+            _count(metrics["4XX"]),
+            _count(metrics["5XX"]),
+        )
+    return table
+
+
+def replicas_table(replicas: Sequence[dict[str, Any]], *, now: float) -> Table:
+    table = Table(box=None, pad_edge=False, header_style="bold")
+    for column in ("replica", "state", "revision", "up-to-date", "in-flight", "restarts", "age"):
+        table.add_column(column)
+    for replica in replicas:
+        table.add_row(
+            replica["replica_id"],
+            replica["phase"],
+            replica["revision"],
+            "yes" if replica["up_to_date"] else "no",
+            str(replica["in_flight"]),
+            str(replica["restarts"]),
+            age(now - replica["started_at"]),
+        )
+    return table
+
+
+def show_api(api: dict[str, Any], *, now: float) -> None:
+    stdout.print(apis_table([api], now=now))
+    if api.get("reason"):
+        stdout.print(Text(f"\n{api['reason']}", style="red" if api["status"] == "error" else "yellow"))
+    stdout.print(
+        f"\nreplicas: {api['up_to_date']} up to date, {api['stale']} stale, {api['requested']} requested"
+    )
+    stdout.print(f"endpoint: {api['endpoint']}")
+    stdout.print(f"example curl: {api['example_curl']}")
+    stdout.print("\nconfiguration\n", style="bold")
+    stdout.print(yaml.safe_dump(api["spec"], sort_keys=False).rstrip())

@@ -1,0 +1,221 @@
+"""The control API: JSON over HTTP on loopback, the only way the CLI and `modelport.Client` reach the daemon.
+
+Thin adapter: it parses requests, calls the controller and maps modelport errors to HTTP statuses (the only
+place that mapping lives). Routes are declared in one table at the bottom of `ControlApi.__init__`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import re
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+import orjson
+
+from modelport.cluster import serialize
+from modelport.cluster.snapshot import prepare
+from modelport.controller.loop import Controller
+from modelport.controller.ports import DesiredApi
+from modelport.errors import ConflictError, ModelportError, NotFoundError, UnavailableError, UserInputError
+from modelport.http.server import Request, Response, error_response, json_response
+from modelport.settings import Settings
+from modelport.spec.load import SpecError, load_project
+from modelport.types import ApiName
+from modelport.version import __version__
+
+log = logging.getLogger("modelport.control")
+
+_FIRST_READ_BYTES = 64 * 1024  # how much of each existing log file a new `logs` call starts with
+_MAX_READ_BYTES = 512 * 1024  # per file and call, so one chatty replica cannot make a call huge
+
+RouteHandler = Callable[[Request, dict[str, str]], Awaitable[Response]]
+
+
+class ControlApi:
+    def __init__(
+        self,
+        *,
+        controller: Controller,
+        settings: Settings,
+        gateway_url: str,
+        request_shutdown: Callable[[], None],
+        clock_wall: Callable[[], float],
+    ) -> None:
+        self._controller = controller
+        self._settings = settings
+        self._gateway_url = gateway_url
+        self._request_shutdown = request_shutdown
+        self._wall = clock_wall
+        self._deploy_lock = asyncio.Lock()
+        self._routes: list[tuple[str, re.Pattern[str], RouteHandler]] = [
+            ("GET", re.compile(r"/v1/health"), self._health),
+            ("POST", re.compile(r"/v1/deploy"), self._deploy),
+            ("GET", re.compile(r"/v1/apis"), self._list_apis),
+            ("GET", re.compile(r"/v1/apis/(?P<name>[^/]+)"), self._get_api),
+            ("DELETE", re.compile(r"/v1/apis/(?P<name>[^/]+)"), self._delete_api),
+            ("POST", re.compile(r"/v1/apis/(?P<name>[^/]+)/refresh"), self._refresh_api),
+            ("POST", re.compile(r"/v1/apis/(?P<name>[^/]+)/logs"), self._read_logs),
+            ("POST", re.compile(r"/v1/cluster/shutdown"), self._shutdown),
+        ]
+
+    async def handle(self, request: Request) -> Response:
+        path_matched = False
+        for method, pattern, handler in self._routes:
+            match = pattern.fullmatch(request.path)
+            if match is None:
+                continue
+            path_matched = True
+            if method != request.method:
+                continue
+            try:
+                return await handler(request, match.groupdict())
+            except SpecError as exc:
+                return json_response(
+                    400,
+                    {
+                        "error": str(exc),
+                        "problems": [
+                            {"file": p.file, "path": p.path, "message": p.message} for p in exc.problems
+                        ],
+                    },
+                )
+            except UserInputError as exc:
+                return error_response(400, str(exc))
+            except NotFoundError as exc:
+                return error_response(404, str(exc))
+            except ConflictError as exc:
+                return error_response(409, str(exc))
+            except UnavailableError as exc:
+                return error_response(503, str(exc))
+            except ModelportError as exc:
+                return error_response(500, str(exc))
+            except Exception:
+                log.exception("control API %s %s failed", request.method, request.path)
+                return error_response(500, "internal error in the modelport daemon: see its log")
+        if path_matched:
+            return error_response(405, f"method {request.method} is not allowed on {request.path}")
+        return error_response(404, f"no control API route {request.path}")
+
+    async def _health(self, request: Request, params: dict[str, str]) -> Response:
+        return json_response(
+            200,
+            {
+                "status": "ok",
+                "version": __version__,
+                "pid": os.getpid(),
+                "home": str(self._settings.home),
+                "gateway_url": self._gateway_url,
+                "control_url": self._settings.control_url,
+                "apis": len(self._controller.apis()),
+            },
+        )
+
+    async def _deploy(self, request: Request, params: dict[str, str]) -> Response:
+        body = _json_body(request)
+        raw_path = body.get("path")
+        if not isinstance(raw_path, str) or not raw_path:
+            raise UserInputError("deploy: the body needs 'path': the project directory or spec file")
+        path = Path(raw_path)
+        if not path.is_absolute():
+            raise UserInputError(f"deploy: 'path' must be absolute, got {raw_path!r}")
+        async with self._deploy_lock:
+            # Reading and copying a project touches the disk: keep it off the event loop.
+            results = await asyncio.to_thread(self._deploy_blocking, path)
+        return json_response(200, {"results": results})
+
+    def _deploy_blocking(self, path: Path) -> list[dict[str, str]]:
+        project = load_project(path)
+        results = []
+        for spec in project.apis:
+            snapshot = prepare(
+                project, spec, snapshots_dir=self._settings.snapshots_dir, specs_dir=self._settings.specs_dir
+            )
+            desired = DesiredApi(
+                spec=spec,
+                revision=project.revision(spec.name),
+                project_dir=snapshot.project_dir,
+                spec_path=snapshot.spec_path,
+                deployed_at=self._wall(),
+            )
+            action = self._controller.deploy(desired)
+            results.append({"api": spec.name, "kind": str(spec.kind), "action": action})
+        return results
+
+    async def _list_apis(self, request: Request, params: dict[str, str]) -> Response:
+        return json_response(
+            200,
+            {
+                "apis": [
+                    serialize.api_summary(view, gateway_url=self._gateway_url)
+                    for view in self._controller.apis()
+                ]
+            },
+        )
+
+    async def _get_api(self, request: Request, params: dict[str, str]) -> Response:
+        view = self._controller.api(ApiName(params["name"]))
+        return json_response(200, serialize.api_detail(view, gateway_url=self._gateway_url))
+
+    async def _delete_api(self, request: Request, params: dict[str, str]) -> Response:
+        name = ApiName(params["name"])
+        if not self._controller.delete(name):
+            raise NotFoundError(f"api {name} is not deployed")
+        return json_response(200, {"message": f"deleted {name}"})
+
+    async def _refresh_api(self, request: Request, params: dict[str, str]) -> Response:
+        desired = self._controller.refresh(ApiName(params["name"]))
+        return json_response(200, {"message": f"updating {desired.name}", "generation": desired.generation})
+
+    async def _read_logs(self, request: Request, params: dict[str, str]) -> Response:
+        name = ApiName(params["name"])
+        paths = self._controller.log_paths(name)
+        cursor = _json_body(request).get("cursor") or {}
+        if not isinstance(cursor, dict):
+            raise UserInputError("logs: 'cursor' must be an object of {path: offset}")
+        lines, new_cursor = await asyncio.to_thread(_read_new_lines, paths, cursor)
+        return json_response(200, {"lines": lines, "cursor": new_cursor})
+
+    async def _shutdown(self, request: Request, params: dict[str, str]) -> Response:
+        self._request_shutdown()
+        return json_response(202, {"message": "the cluster is stopping"})
+
+
+def _json_body(request: Request) -> dict[str, Any]:
+    if not request.body:
+        return {}
+    try:
+        body = orjson.loads(request.body)
+    except orjson.JSONDecodeError as exc:
+        raise UserInputError(f"the request body is not valid JSON: {exc}") from None
+    if not isinstance(body, dict):
+        raise UserInputError("the request body must be a JSON object")
+    return body
+
+
+def _read_new_lines(paths: list[Path], cursor: dict[str, Any]) -> tuple[list[dict[str, str]], dict[str, int]]:
+    """Complete lines appended to each log file since `cursor`; a new file starts near its end."""
+    lines: list[dict[str, str]] = []
+    new_cursor: dict[str, int] = {}
+    for path in paths:
+        key = str(path)
+        try:
+            size = path.stat().st_size
+        except FileNotFoundError:
+            continue
+        offset = cursor.get(key)
+        if not isinstance(offset, int) or offset < 0 or offset > size:
+            offset = max(0, size - _FIRST_READ_BYTES)
+        with path.open("rb") as handle:
+            handle.seek(offset)
+            chunk = handle.read(min(size - offset, _MAX_READ_BYTES))
+        end = chunk.rfind(b"\n")
+        complete = chunk[: end + 1] if end >= 0 else b""
+        replica = path.stem
+        for raw in complete.splitlines():
+            lines.append({"replica": replica, "line": raw.decode("utf-8", errors="replace")})
+        new_cursor[key] = offset + len(complete)
+    return lines, new_cursor

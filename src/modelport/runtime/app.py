@@ -1,0 +1,185 @@
+"""The replica's HTTP routes: predict, the summary, health and readiness, over `modelport.http.server`.
+
+Built by `runtime.server` (one per process) and handed to `HttpServer` as its handler. A thin adapter: the
+predictor runs on the `PredictorPool`, payloads come from `runtime.payload`, responses from `serialize`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import logging
+import uuid
+from collections.abc import Awaitable, Callable, Sequence
+from functools import partial
+
+import starlette.responses
+
+from modelport.http.server import Request, Response, json_response
+from modelport.runtime.payload import PayloadError, close_payload, parse_payload
+from modelport.runtime.pool import PredictorPool
+from modelport.runtime.predictor import PredictCall, Predictor, user_traceback
+from modelport.runtime.readiness import Readiness
+from modelport.runtime.serialize import UnserializableError, to_response
+
+log = logging.getLogger("modelport.runtime")
+
+REQUEST_ID_HEADER = b"x-request-id"
+_MAX_REQUEST_ID = 200  # a longer incoming id is replaced: it is echoed and logged
+
+Endpoint = Callable[[Request], Awaitable[Response]]
+
+
+class ReplicaApp:
+    """Routes requests; serves predictions once `serve` has been given the constructed predictor."""
+
+    def __init__(self, *, api_name: str, pool: PredictorPool, readiness: Readiness) -> None:
+        self._api_name = api_name
+        self._pool = pool
+        self._readiness = readiness
+        self._predictor: Predictor | None = None
+        # The whole route table. POST / is what a Cortex 0.20 local deployment answered.
+        self._routes: dict[str, dict[str, Endpoint]] = {
+            "/predict": {"POST": self._predict, "GET": self._summary},
+            "/": {"POST": self._predict, "GET": self._summary},
+            "/healthz": {"GET": self._healthz},
+            "/readyz": {"GET": self._readyz},
+        }
+
+    def serve(self, predictor: Predictor) -> None:
+        self._predictor = predictor
+
+    async def handle(self, request: Request) -> Response:
+        methods = self._routes.get(request.path)
+        if methods is None:
+            return _without_body_for_head(
+                request, json_response(404, {"error": f"not found: {request.method} {request.path}"})
+            )
+        endpoint = methods.get(request.method)
+        if endpoint is None:
+            allowed = ", ".join(methods)
+            response = json_response(
+                405,
+                {"error": f"method {request.method} not allowed on {request.path}; allowed: {allowed}"},
+                headers=[(b"allow", allowed.encode())],
+            )
+            return _without_body_for_head(request, response)
+        return await endpoint(request)
+
+    async def _healthz(self, request: Request) -> Response:
+        return json_response(200, {"status": "ok"})
+
+    async def _readyz(self, request: Request) -> Response:
+        state = self._readiness.snapshot()
+        content = {
+            "status": state.phase,
+            "ready_processes": state.ready_processes,
+            "processes": state.processes,
+        }
+        return json_response(200 if state.ready else 503, content)
+
+    async def _summary(self, request: Request) -> Response:
+        ready = self._readiness.snapshot().ready
+        message = (
+            f"API {self._api_name} is ready: send a POST request to get a prediction"
+            if ready
+            else f"API {self._api_name} is not ready: its predictor is loading (or the replica is stopping)"
+        )
+        return json_response(200, {"message": message, "api": self._api_name, "ready": ready})
+
+    async def _predict(self, request: Request) -> Response:
+        request_id = _request_id(request)
+        id_header = ((REQUEST_ID_HEADER, request_id.encode("latin-1")),)
+        predictor = self._predictor
+        if predictor is None:
+            return json_response(
+                503,
+                {"error": "the predictor is still loading; retry shortly", "request_id": request_id},
+                headers=(*id_header, (b"retry-after", b"1")),
+            )
+        payload: object = None
+        if predictor.wants("payload"):
+            try:
+                payload = await parse_payload(request.body, request.headers)
+            except PayloadError as exc:
+                return json_response(400, {"error": str(exc), "request_id": request_id}, headers=id_header)
+        call = PredictCall(
+            payload=payload,
+            query_params=request.query_params() if predictor.wants("query_params") else None,
+            headers=_header_dict(request.headers) if predictor.wants("headers") else None,
+        )
+        return await self._pool.run(
+            partial(self._invoke, predictor, call, request_id=request_id, id_header=id_header)
+        )
+
+    def _invoke(
+        self,
+        predictor: Predictor,
+        call: PredictCall,
+        *,
+        request_id: str,
+        id_header: Sequence[tuple[bytes, bytes]],
+    ) -> Response:
+        """On a predictor thread: predict, then serialize (which may run user code too)."""
+        try:
+            result = predictor.predict(call)
+            response = to_response(result, headers=id_header)
+        except UnserializableError as exc:
+            log.error("request %s: %s", request_id, exc)
+            close_payload(call.payload)
+            return _internal_error(request_id, id_header)
+        except BaseException as exc:  # a SystemExit from user code must not reach the event loop
+            log.error("request %s: predict failed:\n%s", request_id, user_traceback(exc))
+            close_payload(call.payload)
+            return _internal_error(request_id, id_header)
+        background = result.background if isinstance(result, starlette.responses.Response) else None
+        if predictor.post_predict_parameters is None and background is None:
+            close_payload(call.payload)
+            return response
+        # post_predict and a Starlette background task run on a predictor thread once the response has
+        # been written, never before it (Cortex's contract).
+        finish = partial(self._after_response, predictor, result, call=call, request_id=request_id)
+        return dataclasses.replace(
+            response, after_send=lambda: self._pool.spawn(finish, what="after-response")
+        )
+
+    def _after_response(
+        self, predictor: Predictor, result: object, *, call: PredictCall, request_id: str
+    ) -> None:
+        try:
+            predictor.post_predict(result, call)
+        except BaseException as exc:
+            log.error("request %s: post_predict failed:\n%s", request_id, user_traceback(exc))
+        if isinstance(result, starlette.responses.Response) and result.background is not None:
+            try:
+                asyncio.run(result.background())
+            except BaseException as exc:
+                log.error(
+                    "request %s: the response's background task failed:\n%s", request_id, user_traceback(exc)
+                )
+        close_payload(call.payload)
+
+
+def _request_id(request: Request) -> str:
+    raw = request.header(REQUEST_ID_HEADER)
+    if raw and len(raw) <= _MAX_REQUEST_ID:
+        return raw.decode("latin-1")
+    return uuid.uuid4().hex
+
+
+def _header_dict(raw: Sequence[tuple[bytes, bytes]]) -> dict[str, str]:
+    """Lowercase names -> values; a repeated header's values are joined with ", " (RFC 9110 5.3)."""
+    headers: dict[str, str] = {}
+    for name, value in raw:
+        key, text = name.decode("latin-1"), value.decode("latin-1")
+        headers[key] = f"{headers[key]}, {text}" if key in headers else text
+    return headers
+
+
+def _internal_error(request_id: str, id_header: Sequence[tuple[bytes, bytes]]) -> Response:
+    return json_response(500, {"error": "internal server error", "request_id": request_id}, headers=id_header)
+
+
+def _without_body_for_head(request: Request, response: Response) -> Response:
+    # HttpServer writes every body as is; a body after a HEAD response would be read as the next response.
+    return dataclasses.replace(response, body=b"") if request.method == "HEAD" else response

@@ -1,0 +1,276 @@
+"""One replica's process lifecycle: listen, prepare, fork, load, serve, drain, exit (with a meaningful code).
+
+Called by the CLI's hidden `modelport replica` command (`run_replica`, or `main` with its flags), which the
+backends start once per replica. Phases, in order: listen on the port first (so `/healthz` answers while a
+slow model loads) -> prepare the interpreter (env, sys.path, cwd) -> fork the other processes -> per process:
+construct the predictor on a predictor thread -> serve -> on SIGTERM/SIGINT drain -> exit.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import logging
+import os
+import signal
+import socket
+import sys
+import threading
+import time
+from dataclasses import dataclass
+from functools import partial
+from pathlib import Path
+
+import uvloop
+from pydantic import ValidationError
+
+from modelport.http.server import HttpServer
+from modelport.runtime.app import ReplicaApp
+from modelport.runtime.family import Children, Lifeline, exit_now, fork_children
+from modelport.runtime.options import (
+    EXIT_CANNOT_LISTEN,
+    EXIT_CRASHED,
+    EXIT_OK,
+    EXIT_PREDICTOR_FAILED,
+    EXIT_USAGE,
+    ReplicaOptions,
+    parse_args,
+)
+from modelport.runtime.pool import PredictorPool
+from modelport.runtime.predictor import Predictor, PredictorLoadError, load_predictor
+from modelport.runtime.readiness import Readiness
+from modelport.spec.model import ApiSpec, PredictorSpec
+
+log = logging.getLogger("modelport.runtime")
+
+LISTEN_BACKLOG = 2048
+CHILD_EXIT_MARGIN_SECONDS = 2.0  # children drain for the same grace; this is how long past it we wait
+
+
+def main(argv: list[str]) -> int:
+    """`modelport replica` flags -> `run_replica`."""
+    return run_replica(parse_args(argv))
+
+
+def run_replica(options: ReplicaOptions) -> int:
+    """Serve the replica until SIGTERM/SIGINT; returns the exit code (see `runtime.options`).
+
+    When a predictor thread is still busy at the end (a predict that outlived the grace period, an __init__
+    interrupted by SIGTERM, a non-daemon thread the user started), the process exits here instead of
+    returning: such a thread cannot be interrupted, and the interpreter would wait for it forever.
+    """
+    _configure_logging(options.replica_id)
+    context = _startup(options)
+    if isinstance(context, int):
+        return context
+    processes = context.spec.predictor.processes_per_replica
+    children = None
+    if processes > 1:
+        try:
+            children = fork_children(
+                processes - 1, run_child=lambda index, lifeline: _run_child(context, index, lifeline)
+            )
+        except OSError as exc:
+            log.error("cannot start the replica's processes: %s", exc)
+            return EXIT_CRASHED
+    code = uvloop.run(_serve(context, index=0, children=children, lifeline=None))
+    if _threads_would_block_exit():
+        log.warning("predictor threads are still running; exiting without waiting for them")
+        exit_now(code)
+    return code
+
+
+def _startup(options: ReplicaOptions) -> _Context | int:
+    """Read the spec, listen, then prepare the interpreter for user code; an exit code if one step fails."""
+    try:
+        spec = ApiSpec.model_validate_json(options.spec_path.read_bytes())
+    except (OSError, ValidationError) as exc:
+        log.error("cannot read the API spec %s: %s", options.spec_path, exc)
+        return EXIT_USAGE
+    try:
+        sock = _listen(options.host, options.port)
+    except OSError as exc:
+        log.error("cannot listen on %s:%d: %s", options.host, options.port, exc)
+        return EXIT_CANNOT_LISTEN
+    predictor = spec.predictor
+    log.info(
+        "listening on %s:%d for API %s (%d process(es) x %d thread(s)), pid %d",
+        options.host,
+        sock.getsockname()[1],
+        spec.name,
+        predictor.processes_per_replica,
+        predictor.threads_per_process,
+        os.getpid(),
+    )
+    project_dir = options.project_dir.absolute()
+    try:
+        _prepare_interpreter(project_dir, predictor)
+    except OSError as exc:
+        log.error("cannot enter the project directory %s: %s", project_dir, exc)
+        return EXIT_PREDICTOR_FAILED
+    readiness = Readiness(predictor.processes_per_replica)
+    return _Context(options=options, spec=spec, project_dir=project_dir, sock=sock, readiness=readiness)
+
+
+@dataclass(frozen=True, slots=True)
+class _Context:
+    """What every process of the replica starts from (the children inherit it through fork)."""
+
+    options: ReplicaOptions
+    spec: ApiSpec
+    project_dir: Path
+    sock: socket.socket
+    readiness: Readiness
+
+
+class _Shutdown:
+    """The first reason to stop wins: a signal (exit 0), a failed load (3), a dead child or parent (1)."""
+
+    def __init__(self) -> None:
+        self._event = asyncio.Event()
+        self.code = EXIT_OK
+        self.reason = ""
+
+    @property
+    def requested(self) -> bool:
+        return self._event.is_set()
+
+    def request(self, code: int, reason: str) -> None:
+        if not self._event.is_set():
+            self.code, self.reason = code, reason
+            self._event.set()
+
+    async def wait(self) -> None:
+        await self._event.wait()
+
+
+def _run_child(context: _Context, index: int, lifeline: Lifeline) -> int:
+    return uvloop.run(_serve(context, index=index, children=None, lifeline=lifeline))
+
+
+async def _serve(
+    context: _Context, *, index: int, children: Children | None, lifeline: Lifeline | None
+) -> int:
+    """One process, phase by phase: start serving, load the predictor, serve, drain; returns the exit code."""
+    loop = asyncio.get_running_loop()
+    predictor_spec = context.spec.predictor
+    shutdown = _Shutdown()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, shutdown.request, EXIT_OK, f"received {signal.Signals(signum).name}")
+    if children is not None:
+        children.watch(
+            partial(_on_child_exit, shutdown=shutdown, processes=predictor_spec.processes_per_replica)
+        )
+    if lifeline is not None:
+        lifeline.watch(lambda: shutdown.request(EXIT_CRASHED, "the replica's parent process died"))
+
+    pool = PredictorPool(predictor_spec.threads_per_process)
+    app = ReplicaApp(api_name=context.spec.name, pool=pool, readiness=context.readiness)
+    server = HttpServer(app.handle, on_handler_error=_log_handler_error)
+    await server.start(sock=context.sock)
+
+    load = partial(
+        load_predictor,
+        project_dir=context.project_dir,
+        path=predictor_spec.path,
+        config=predictor_spec.config,
+    )
+    loading = asyncio.ensure_future(pool.run(load))
+    started = time.monotonic()
+    predictor = await _loaded(loading, shutdown)
+    if predictor is not None:
+        app.serve(predictor)
+        context.readiness.mark_ready()
+        processes = predictor_spec.processes_per_replica
+        which = f" (process {index + 1} of {processes})" if processes > 1 else ""
+        log.info("predictor ready in %.2f s%s", time.monotonic() - started, which)
+    await shutdown.wait()
+
+    # Drain: readiness first (the gateway stops sending), then the server, then work after responses.
+    grace = context.options.grace_seconds
+    log.info("stopping (%s): draining for up to %.1f s", shutdown.reason, grace)
+    context.readiness.start_draining()
+    deadline = loop.time() + grace
+    if children is not None:
+        children.terminate()
+    if not await server.drain(grace):
+        log.warning("requests still in flight after %.1f s; closing their connections", grace)
+    # While the predictor is still loading there is nothing to wait for: its __init__ cannot be stopped.
+    if predictor is not None and not await pool.wait_idle(max(0.0, deadline - loop.time())):
+        log.warning("predictor threads still busy after %.1f s", grace)
+    if children is not None and not await children.wait(deadline + CHILD_EXIT_MARGIN_SECONDS - loop.time()):
+        log.warning("killing the replica's processes that did not stop in time")
+        children.kill()
+    pool.shutdown()
+    return shutdown.code
+
+
+async def _loaded(loading: asyncio.Future[Predictor], shutdown: _Shutdown) -> Predictor | None:
+    """The constructed predictor, or None when it failed (shutdown requested, code 3) or a stop came first."""
+    stopping = asyncio.ensure_future(shutdown.wait())
+    await asyncio.wait((loading, stopping), return_when=asyncio.FIRST_COMPLETED)
+    if not loading.done():
+        return None
+    stopping.cancel()
+    try:
+        return loading.result()
+    except PredictorLoadError as exc:
+        log.error("%s", exc)
+    except Exception:
+        log.exception("loading the predictor failed")
+    shutdown.request(EXIT_PREDICTOR_FAILED, "the predictor failed to load")
+    return None
+
+
+def _on_child_exit(index: int, code: int, *, shutdown: _Shutdown, processes: int) -> None:
+    if shutdown.requested:
+        return
+    which = f"process {index + 1} of {processes}"
+    if code in (EXIT_OK, -signal.SIGTERM, -signal.SIGINT):
+        # Stopped on request (the backend signals the whole process group, which may reach a child before
+        # this process has handled its own signal): the replica stops as a whole, as asked.
+        log.info("%s stopped on request; stopping the replica", which)
+        shutdown.request(EXIT_OK, f"{which} stopped")
+        return
+    what = "failed to load the predictor" if code == EXIT_PREDICTOR_FAILED else f"exited with code {code}"
+    log.error("%s %s; stopping the replica", which, what)
+    shutdown.request(code if code > 0 else EXIT_CRASHED, f"{which} stopped")
+
+
+def _listen(host: str, port: int) -> socket.socket:
+    family = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)[0][0]
+    sock = socket.create_server((host, port), family=family, backlog=LISTEN_BACKLOG)
+    sock.setblocking(False)
+    return sock
+
+
+def _prepare_interpreter(project_dir: Path, predictor: PredictorSpec) -> None:
+    """Before any user code: the spec's env, the import path, and the project as working directory."""
+    os.environ.update(predictor.env)
+    paths = [str(project_dir)]
+    if predictor.python_path is not None:
+        paths.insert(0, str(project_dir / predictor.python_path))
+    sys.path[:0] = paths
+    os.chdir(project_dir)
+
+
+def _configure_logging(replica_id: str) -> None:
+    # Logs (stderr) and the user's print()s (stdout) usually go to a file: flush each line as it is written.
+    for stream in (sys.stdout, sys.stderr):
+        if isinstance(stream, io.TextIOWrapper):
+            stream.reconfigure(line_buffering=True)
+    handler = logging.StreamHandler(sys.stderr)
+    label = replica_id.replace("%", "%%")
+    handler.setFormatter(logging.Formatter(f"%(asctime)s %(levelname)s [replica {label}] %(message)s"))
+    root = logging.getLogger()  # the user's own logging shows up in the same format
+    root.handlers[:] = [handler]
+    root.setLevel(logging.INFO)
+
+
+def _log_handler_error(exc: BaseException) -> None:
+    log.error("unhandled error while serving a request", exc_info=exc)
+
+
+def _threads_would_block_exit() -> bool:
+    main = threading.main_thread()
+    return any(t is not main and not t.daemon and t.is_alive() for t in threading.enumerate())

@@ -1,0 +1,159 @@
+"""A real local cluster per test module: its own home, free ports, started and stopped through the CLI."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import psutil
+import pytest
+
+REPO = Path(__file__).resolve().parents[2]
+EXAMPLES = REPO / "examples"
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def wait_until(predicate: Callable[[], Any], *, timeout: float, message: str, interval: float = 0.05) -> Any:
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout} s: {message}")
+        time.sleep(interval)
+
+
+@dataclass
+class HttpResult:
+    status: int
+    headers: dict[str, str]
+    body: bytes
+
+    def json(self) -> Any:
+        return json.loads(self.body)
+
+
+@dataclass
+class Cluster:
+    home: Path
+    gateway_port: int
+    control_port: int
+
+    @property
+    def env(self) -> dict[str, str]:
+        env = dict(os.environ)
+        env.update(
+            MODELPORT_HOME=str(self.home),
+            MODELPORT_GATEWAY_PORT=str(self.gateway_port),
+            MODELPORT_CONTROL_PORT=str(self.control_port),
+        )
+        return env
+
+    def cli(
+        self, *args: str, input: bytes | None = None, timeout: float = 120, cwd: Path | None = None
+    ) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [sys.executable, "-m", "modelport", *args],
+            env=self.env,
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            cwd=cwd,
+            input=input.decode() if input is not None else None,
+        )
+
+    def cli_json(self, *args: str) -> Any:
+        result = self.cli(*args, "-o", "json")
+        assert result.returncode == 0, result.stderr
+        return json.loads(result.stdout)
+
+    def request(
+        self,
+        method: str,
+        path: str,
+        body: bytes | None = None,
+        headers: dict[str, str] | None = None,
+        timeout: float = 30,
+    ) -> HttpResult:
+        request = urllib.request.Request(
+            f"http://127.0.0.1:{self.gateway_port}{path}", data=body, method=method, headers=headers or {}
+        )
+        try:
+            with urllib.request.urlopen(request, timeout=timeout) as response:
+                return HttpResult(response.status, dict(response.headers.items()), response.read())
+        except urllib.error.HTTPError as exc:
+            return HttpResult(exc.code, dict(exc.headers.items()), exc.read())
+
+    def predict(self, api: str, payload: Any, query: str = "") -> HttpResult:
+        return self.request(
+            "POST",
+            f"/{api}{'?' + query if query else ''}",
+            json.dumps(payload).encode(),
+            {"Content-Type": "application/json"},
+        )
+
+    def api(self, name: str) -> dict[str, Any]:
+        result: dict[str, Any] = self.cli_json("get", name)
+        return result
+
+    def wait_status(self, name: str, status: str, timeout: float = 60) -> dict[str, Any]:
+        def check() -> dict[str, Any] | None:
+            api = self.api(name)
+            return api if api["status"] == status else None
+
+        result: dict[str, Any] = wait_until(
+            check, timeout=timeout, message=f"{name} to be {status}", interval=0.2
+        )
+        return result
+
+    def daemon_pid(self) -> int:
+        return int(json.loads((self.home / "daemon.pid").read_text())["pid"])
+
+
+def copy_example(name: str, destination: Path) -> Path:
+    target = destination / name
+    shutil.copytree(EXAMPLES / name, target, ignore=shutil.ignore_patterns("__pycache__"))
+    return target
+
+
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
+    home = tmp_path_factory.mktemp("home")
+    instance = Cluster(home=home, gateway_port=free_port(), control_port=free_port())
+    started = instance.cli("cluster", "up")
+    assert started.returncode == 0, started.stderr
+    daemon = psutil.Process(instance.daemon_pid())
+    try:
+        yield instance
+    finally:
+        descendants = daemon.children(recursive=True)
+        stopped = instance.cli("cluster", "down")
+        assert stopped.returncode == 0, stopped.stderr
+        _gone, alive = psutil.wait_procs([daemon, *descendants], timeout=30)
+        for process in alive:
+            process.kill()
+        assert not alive, f"processes left after cluster down: {alive}"
+
+
+@pytest.fixture(scope="module")
+def iris_project(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    project = copy_example("iris-classifier", tmp_path_factory.mktemp("projects"))
+    subprocess.run([sys.executable, "trainer.py"], cwd=project, check=True, capture_output=True)
+    return project

@@ -1,0 +1,539 @@
+"""Integration tests of runtime.server: real replica processes on free loopback ports, tiny predictor files.
+
+Every process is started by `start_replica` and killed by pid (with its children) when the test ends.
+Synchronisation is by polling an HTTP endpoint or a file the predictor writes, never by fixed sleeps.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import http.client
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import textwrap
+import threading
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import psutil
+import pytest
+
+from modelport.spec.model import ApiSpec
+
+pytestmark = pytest.mark.integration
+
+BOOT = "import sys; from modelport.runtime.server import main; sys.exit(main(sys.argv[1:]))"
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def wait_until(predicate: Callable[[], Any], *, timeout: float = 15, message: str) -> Any:
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout} s waiting for {message}")
+        time.sleep(0.02)
+
+
+@dataclass
+class Reply:
+    status: int
+    headers: dict[str, str]
+    body: bytes
+
+    def json(self) -> Any:
+        return json.loads(self.body)
+
+
+@dataclass
+class Replica:
+    process: subprocess.Popen[bytes]
+    port: int
+    project: Path
+
+    def request(
+        self, method: str, path: str, body: bytes | None = None, headers: dict[str, str] | None = None
+    ) -> Reply:
+        connection = http.client.HTTPConnection("127.0.0.1", self.port, timeout=30)
+        try:
+            connection.request(method, path, body=body, headers=headers or {})
+            response = connection.getresponse()
+            return Reply(response.status, {k.lower(): v for k, v in response.getheaders()}, response.read())
+        finally:
+            connection.close()
+
+    def predict(self, payload: Any, path: str = "/predict", headers: dict[str, str] | None = None) -> Reply:
+        headers = {"Content-Type": "application/json", **(headers or {})}
+        return self.request("POST", path, json.dumps(payload).encode(), headers)
+
+    def answers(self, path: str) -> Reply | None:
+        try:
+            return self.request("GET", path)
+        except OSError:
+            return None
+
+    def wait_ready(self) -> None:
+        wait_until(lambda: (reply := self.answers("/readyz")) and reply.status == 200, message="/readyz 200")
+
+    def stderr(self) -> str:
+        return (self.project / "stderr.log").read_text()
+
+    def stdout(self) -> str:
+        return (self.project / "stdout.log").read_text()
+
+    def exit_code(self, timeout: float = 15) -> int:
+        return self.process.wait(timeout=timeout)
+
+
+StartReplica = Callable[..., Replica]
+
+
+def _write_project(root: Path, source: str, predictor: dict[str, Any]) -> Path:
+    root.mkdir(parents=True)
+    (root / "predictor.py").write_text(textwrap.dedent(source))
+    spec = ApiSpec.model_validate(
+        {
+            "name": "demo",
+            "kind": "RealtimeAPI",
+            "predictor": {"type": "python", "path": "predictor.py", **predictor},
+        }
+    )
+    (root / "spec.json").write_text(spec.model_dump_json())
+    return root
+
+
+def _launch(project: Path, *, grace: float) -> Replica:
+    port = free_port()
+    argv = ["--project-dir", str(project), "--spec", str(project / "spec.json"), "--port", str(port)]
+    argv += ["--replica-id", "r1", "--grace", str(grace)]
+    with open(project / "stdout.log", "wb") as out, open(project / "stderr.log", "wb") as err:
+        # Its own process group, as the local backend starts replicas (it signals the whole group).
+        process = subprocess.Popen(
+            [sys.executable, "-c", BOOT, *argv], stdout=out, stderr=err, start_new_session=True
+        )
+    return Replica(process=process, port=port, project=project)
+
+
+def _stop(replica: Replica) -> None:
+    try:
+        family = [psutil.Process(replica.process.pid), *psutil.Process(replica.process.pid).children(True)]
+    except psutil.NoSuchProcess:
+        family = []
+    for member in family:
+        with contextlib.suppress(psutil.NoSuchProcess):
+            member.kill()
+    replica.process.wait(timeout=10)
+    psutil.wait_procs(family, timeout=10)
+
+
+@pytest.fixture
+def start_replica(tmp_path: Path) -> Iterator[StartReplica]:
+    started: list[Replica] = []
+
+    def start(source: str, *, grace: float = 10.0, **predictor: Any) -> Replica:
+        project = _write_project(tmp_path / f"project{len(started)}", source, predictor)
+        replica = _launch(project, grace=grace)
+        started.append(replica)
+        return replica
+
+    try:
+        yield start
+    finally:
+        for replica in started:
+            _stop(replica)
+
+
+ECHO = """
+import threading
+
+class PythonPredictor:
+    def __init__(self, config):
+        self.config = config
+        self.init_thread = threading.get_ident()
+        print("constructed with", config)
+
+    def predict(self, payload, query_params, headers):
+        if payload == {"fail": True}:
+            return explode(payload)
+        if payload == {"unserializable": True}:
+            return {"model": self}
+        if isinstance(payload, bytes):
+            payload = {"bytes": payload.hex()}
+        return {
+            "payload": payload,
+            "query_params": query_params,
+            "user": headers.get("x-user"),
+            "config": self.config,
+            "same_thread_as_init": threading.get_ident() == self.init_thread,
+        }
+
+def explode(payload):
+    raise ValueError("cannot predict " + repr(payload))
+"""
+
+
+@pytest.fixture(scope="module")
+def echo(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Replica]:
+    project = _write_project(
+        tmp_path_factory.mktemp("echo") / "project", ECHO, {"config": {"threshold": 0.5}}
+    )
+    replica = _launch(project, grace=5.0)
+    try:
+        replica.wait_ready()
+        yield replica
+    finally:
+        _stop(replica)
+
+
+# one replica, shared by the tests of plain request handling
+
+
+def test_predict_json_round_trip_with_query_params_and_headers(echo: Replica) -> None:
+    reply = echo.predict(
+        {"sepal": [5.1, 3.5]}, path="/predict?version=2&tag=a%20b", headers={"X-User": "ann"}
+    )
+    assert reply.status == 200
+    assert reply.headers["content-type"] == "application/json"
+    assert reply.json() == {
+        "payload": {"sepal": [5.1, 3.5]},
+        "query_params": {"version": "2", "tag": "a b"},
+        "user": "ann",
+        "config": {"threshold": 0.5},
+        "same_thread_as_init": True,  # threads_per_process 1: thread-affine libraries work
+    }
+    assert len(reply.headers["x-request-id"]) == 32
+    assert (
+        echo.predict([1], path="/", headers={"X-Request-ID": "given-id"}).headers["x-request-id"]
+        == "given-id"
+    )
+
+
+def test_a_body_that_is_not_json_reaches_predict_as_bytes(echo: Replica) -> None:
+    reply = echo.request("POST", "/predict", b"\x00\x01", {"Content-Type": "application/octet-stream"})
+    assert reply.json()["payload"] == {"bytes": "0001"}
+    assert echo.request("POST", "/predict", b"{}").json()["payload"] == {"bytes": "7b7d"}  # no content-type
+
+
+def test_an_unserializable_return_value_is_500_and_logged_with_its_type(echo: Replica) -> None:
+    reply = echo.predict({"unserializable": True})
+    assert reply.status == 500
+    line = f"request {reply.json()['request_id']}: predict returned a value of type dict"
+    log = wait_until(lambda: line in echo.stderr() and echo.stderr(), message="the log line")
+    assert "Type is not JSON serializable: PythonPredictor" in log
+
+
+def test_invalid_json_is_400(echo: Replica) -> None:
+    reply = echo.request("POST", "/predict", b'{"a": ', {"Content-Type": "application/json"})
+    assert reply.status == 400
+    assert reply.json()["error"].startswith("invalid JSON body: ")
+
+
+def test_predictor_exception_is_500_with_request_id_and_traceback_on_stderr(echo: Replica) -> None:
+    reply = echo.predict({"fail": True}, headers={"X-Request-ID": "failing-42"})
+    assert reply.status == 500
+    assert reply.json() == {"error": "internal server error", "request_id": "failing-42"}
+    assert reply.headers["x-request-id"] == "failing-42"
+    log = wait_until(lambda: "ValueError" in echo.stderr() and echo.stderr(), message="the traceback")
+    assert "[replica r1] request failing-42: predict failed:" in log
+    assert "in explode" in log and "ValueError: cannot predict {'fail': True}" in log
+
+
+def test_summary_health_and_unknown_routes(echo: Replica) -> None:
+    summary = echo.request("GET", "/predict")
+    assert summary.status == 200 and summary.json()["api"] == "demo" and summary.json()["ready"] is True
+    assert echo.request("GET", "/healthz").json() == {"status": "ok"}
+    assert echo.request("GET", "/nowhere").status == 404
+    assert echo.request("PUT", "/predict").status == 405
+
+
+def test_logs_and_prints_are_flushed_line_by_line(echo: Replica) -> None:
+    assert "constructed with {'threshold': 0.5}" in echo.stdout()
+    assert "INFO [replica r1] predictor ready in " in echo.stderr()
+
+
+# start-up and failures
+
+
+def test_init_failure_exits_3_with_the_traceback(start_replica: StartReplica) -> None:
+    replica = start_replica(
+        """
+        class PythonPredictor:
+            def __init__(self, config):
+                raise ValueError("model.pkl is corrupt")
+
+            def predict(self, payload):
+                pass
+        """
+    )
+    assert replica.exit_code() == 3
+    log = replica.stderr()
+    assert "PythonPredictor.__init__ in predictor.py raised:" in log
+    assert "in __init__" in log and "ValueError: model.pkl is corrupt" in log
+
+
+def test_a_failing_child_process_makes_the_replica_exit_3(start_replica: StartReplica) -> None:
+    replica = start_replica(
+        """
+        import os
+
+        class PythonPredictor:
+            def __init__(self, config):
+                raise RuntimeError(f"no GPU for process {os.getpid()}")
+
+            def predict(self):
+                pass
+        """,
+        processes_per_replica=2,
+    )
+    assert replica.exit_code() == 3
+    assert "RuntimeError: no GPU for process" in replica.stderr()
+
+
+def test_an_unreadable_spec_exits_2(tmp_path: Path) -> None:
+    project = _write_project(tmp_path / "project", ECHO, {})
+    (project / "spec.json").write_text('{"name": "demo"}')
+    replica = _launch(project, grace=1.0)
+    try:
+        assert replica.exit_code() == 2
+        assert "cannot read the API spec" in replica.stderr()
+    finally:
+        _stop(replica)
+
+
+def test_missing_predictor_file_exits_3(start_replica: StartReplica, tmp_path: Path) -> None:
+    replica = start_replica("", path="missing.py")
+    assert replica.exit_code() == 3
+    assert "predictor file not found" in replica.stderr() and "missing.py" in replica.stderr()
+
+
+def test_readyz_is_503_while_init_runs_then_200(start_replica: StartReplica, tmp_path: Path) -> None:
+    go = tmp_path / "go"
+    replica = start_replica(
+        f"""
+        import os, time
+
+        class PythonPredictor:
+            def __init__(self, config):
+                while not os.path.exists({str(go)!r}):
+                    time.sleep(0.01)
+
+            def predict(self):
+                return "ready now"
+        """
+    )
+    health = wait_until(lambda: replica.answers("/healthz"), message="/healthz while loading")
+    assert health.status == 200
+    loading = replica.request("GET", "/readyz")
+    assert (loading.status, loading.json()["status"]) == (503, "loading")
+    early = replica.request("POST", "/predict")
+    assert early.status == 503 and early.headers["retry-after"] == "1"
+    go.touch()
+    replica.wait_ready()
+    assert replica.request("POST", "/predict").body == b"ready now"
+
+
+def test_sigterm_during_a_slow_init_exits_0_promptly(start_replica: StartReplica, tmp_path: Path) -> None:
+    started = tmp_path / "init-started"
+    replica = start_replica(
+        f"""
+        import time
+
+        class PythonPredictor:
+            def __init__(self, config):
+                open({str(started)!r}, "w").close()
+                time.sleep(120)
+
+            def predict(self):
+                pass
+        """
+    )
+    wait_until(started.exists, message="__init__ to start")
+    replica.process.send_signal(signal.SIGTERM)
+    assert replica.exit_code(timeout=10) == 0
+
+
+def test_two_threads_run_two_requests_at_once(start_replica: StartReplica) -> None:
+    # Both requests must be inside predict at the same time to pass the barrier; one thread could not.
+    replica = start_replica(
+        """
+        import threading, time
+
+        class PythonPredictor:
+            def __init__(self, config):
+                self.barrier = threading.Barrier(2, timeout=10)
+
+            def predict(self):
+                start = time.time()
+                self.barrier.wait()
+                return {"start": start, "end": time.time(), "thread": threading.current_thread().name}
+        """,
+        threads_per_process=2,
+    )
+    replica.wait_ready()
+    results: list[Reply] = []
+    clients = [
+        threading.Thread(target=lambda: results.append(replica.request("POST", "/predict"))) for _ in "ab"
+    ]
+    for client in clients:
+        client.start()
+    for client in clients:
+        client.join(timeout=30)
+    assert [r.status for r in results] == [200, 200]
+    first, second = (r.json() for r in results)
+    assert max(first["start"], second["start"]) <= min(first["end"], second["end"])  # the intervals overlap
+    assert first["thread"] != second["thread"]
+
+
+def test_post_predict_runs_after_the_response(start_replica: StartReplica, tmp_path: Path) -> None:
+    allowed, done = tmp_path / "allowed", tmp_path / "post-predict-done"
+    replica = start_replica(
+        f"""
+        import os, time
+
+        class PythonPredictor:
+            def predict(self, payload):
+                return {{"label": payload["x"] * 2}}
+
+            def post_predict(self, response, payload):
+                # Blocks until the test has read the response: a post_predict that ran first would hang it.
+                while not os.path.exists({str(allowed)!r}):
+                    time.sleep(0.01)
+                with open({str(done)!r}, "w") as f:
+                    f.write(repr((response, payload)))
+        """
+    )
+    replica.wait_ready()
+    reply = replica.predict({"x": 21})
+    assert reply.json() == {"label": 42}
+    assert not done.exists()
+    allowed.touch()
+    wait_until(done.exists, message="post_predict to write its file")
+    assert done.read_text() == "({'label': 42}, {'x': 21})"
+
+
+def test_sigterm_lets_an_in_flight_request_finish_then_exits_0(
+    start_replica: StartReplica, tmp_path: Path
+) -> None:
+    started = tmp_path / "predict-started"
+    replica = start_replica(
+        f"""
+        import time
+
+        class PythonPredictor:
+            def predict(self):
+                open({str(started)!r}, "w").close()
+                time.sleep(1.0)
+                return "finished"
+        """,
+        grace=20.0,
+    )
+    replica.wait_ready()
+    replies: list[Reply] = []
+    client = threading.Thread(target=lambda: replies.append(replica.request("POST", "/predict")))
+    client.start()
+    wait_until(started.exists, message="predict to start")
+    replica.process.send_signal(signal.SIGTERM)
+    wait_until(
+        lambda: replica.answers("/healthz") is None, message="the listener to close"
+    )  # no new connections
+    client.join(timeout=30)
+    assert [(r.status, r.body) for r in replies] == [(200, b"finished")]
+    assert replica.exit_code() == 0
+    assert "stopping (received SIGTERM)" in replica.stderr()
+
+
+# several processes per replica
+
+FAMILY = """
+import os, time
+
+class PythonPredictor:
+    def __init__(self, config):
+        folder = config["folder"]
+        open(os.path.join(folder, f"loading-{os.getpid()}"), "w").close()
+        while not os.path.exists(os.path.join(folder, f"release-{os.getpid()}")):
+            time.sleep(0.01)
+
+    def predict(self):
+        return {"pid": os.getpid()}
+"""
+
+
+def _loading_pids(folder: Path) -> list[int]:
+    return sorted(int(p.name.removeprefix("loading-")) for p in folder.glob("loading-*"))
+
+
+def test_two_processes_readyz_waits_for_both_then_sigterm_stops_both(
+    start_replica: StartReplica, tmp_path: Path
+) -> None:
+    replica = start_replica(FAMILY, processes_per_replica=2, config={"folder": str(tmp_path)})
+    pids = wait_until(lambda: len(p := _loading_pids(tmp_path)) == 2 and p, message="two processes loading")
+    assert replica.process.pid in pids
+    (tmp_path / f"release-{pids[0]}").touch()
+    wait_until(lambda: replica.request("GET", "/readyz").json()["ready_processes"] == 1, message="one ready")
+    assert replica.request("GET", "/readyz").status == 503
+    (tmp_path / f"release-{pids[1]}").touch()
+    replica.wait_ready()
+    assert replica.request("GET", "/readyz").json() == {
+        "status": "ready",
+        "ready_processes": 2,
+        "processes": 2,
+    }
+    served = {replica.request("POST", "/predict").json()["pid"] for _ in range(20)}
+    assert served <= set(pids)
+
+    replica.process.send_signal(signal.SIGTERM)
+    assert replica.exit_code() == 0
+    assert not any(psutil.pid_exists(pid) and psutil.Process(pid).status() != "zombie" for pid in pids)
+
+
+def _ready_family(start_replica: StartReplica, folder: Path) -> tuple[Replica, int]:
+    replica = start_replica(FAMILY, processes_per_replica=2, config={"folder": str(folder)})
+    pids = wait_until(lambda: len(p := _loading_pids(folder)) == 2 and p, message="two processes loading")
+    for pid in pids:
+        (folder / f"release-{pid}").touch()
+    replica.wait_ready()
+    [child] = [pid for pid in pids if pid != replica.process.pid]
+    return replica, child
+
+
+def test_a_dead_child_stops_the_whole_replica(start_replica: StartReplica, tmp_path: Path) -> None:
+    replica, child = _ready_family(start_replica, tmp_path)
+    os.kill(child, signal.SIGKILL)
+    assert replica.exit_code() == 1
+    assert "process 2 of 2 exited with code -9; stopping the replica" in replica.stderr()
+
+
+def test_sigterm_to_the_process_group_exits_0(start_replica: StartReplica, tmp_path: Path) -> None:
+    replica, child = _ready_family(start_replica, tmp_path)
+    os.killpg(replica.process.pid, signal.SIGTERM)
+    assert replica.exit_code() == 0
+    assert not psutil.pid_exists(child) or psutil.Process(child).status() == psutil.STATUS_ZOMBIE
+
+
+def test_children_do_not_outlive_the_parent(start_replica: StartReplica, tmp_path: Path) -> None:
+    replica, child = _ready_family(start_replica, tmp_path)
+    replica.process.kill()
+    replica.process.wait(timeout=10)
+
+    def child_gone() -> bool:
+        try:
+            return psutil.Process(child).status() == psutil.STATUS_ZOMBIE
+        except psutil.NoSuchProcess:
+            return True
+
+    wait_until(child_gone, message="the child to exit after its parent died")

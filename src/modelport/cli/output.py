@@ -16,8 +16,16 @@ from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
-stdout = Console(highlight=False, soft_wrap=True)
+# Tables are never cut: piped output gets a wide virtual terminal instead of rich's default 80 columns.
+stdout = Console(highlight=False, soft_wrap=True, width=None if sys.stdout.isatty() else 250)
 stderr = Console(stderr=True, highlight=False, soft_wrap=True)
+
+
+def _table(*columns: str) -> Table:
+    table = Table(box=None, pad_edge=False, header_style="bold")
+    for column in columns:
+        table.add_column(column, no_wrap=True)
+    return table
 
 
 def print_json(value: Any) -> None:
@@ -65,19 +73,9 @@ def _count(value: int) -> str:
 
 
 def apis_table(apis: Sequence[dict[str, Any]], *, now: float) -> Table:
-    table = Table(box=None, pad_edge=False, header_style="bold")
-    for column in (
-        "api",
-        "status",
-        "up-to-date",
-        "requested",
-        "last update",
-        "avg request",
-        "2XX",
-        "4XX",
-        "5XX",
-    ):
-        table.add_column(column)
+    table = _table(
+        "api", "status", "up-to-date", "requested", "last update", "avg request", "2XX", "4XX", "5XX"
+    )
     for api in apis:
         metrics = api["metrics"]
         table.add_row(
@@ -95,9 +93,7 @@ def apis_table(apis: Sequence[dict[str, Any]], *, now: float) -> Table:
 
 
 def replicas_table(replicas: Sequence[dict[str, Any]], *, now: float) -> Table:
-    table = Table(box=None, pad_edge=False, header_style="bold")
-    for column in ("replica", "state", "revision", "up-to-date", "in-flight", "restarts", "age"):
-        table.add_column(column)
+    table = _table("replica", "state", "revision", "up-to-date", "in-flight", "restarts", "age")
     for replica in replicas:
         table.add_row(
             replica["replica_id"],

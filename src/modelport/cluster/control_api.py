@@ -123,27 +123,32 @@ class ControlApi:
         if not path.is_absolute():
             raise UserInputError(f"deploy: 'path' must be absolute, got {raw_path!r}")
         async with self._deploy_lock:
-            # Reading and copying a project touches the disk: keep it off the event loop.
-            results = await asyncio.to_thread(self._deploy_blocking, path)
+            # Reading and copying a project touches the disk: off the event loop. The controller itself
+            # is only ever called from the loop's thread.
+            prepared = await asyncio.to_thread(self._prepare, path)
+            results = []
+            for desired in prepared:
+                action = self._controller.deploy(desired)
+                results.append({"api": desired.name, "kind": str(desired.spec.kind), "action": action})
         return json_response(200, {"results": results})
 
-    def _deploy_blocking(self, path: Path) -> list[dict[str, str]]:
+    def _prepare(self, path: Path) -> list[DesiredApi]:
         project = load_project(path)
-        results = []
+        prepared = []
         for spec in project.apis:
             snapshot = prepare(
                 project, spec, snapshots_dir=self._settings.snapshots_dir, specs_dir=self._settings.specs_dir
             )
-            desired = DesiredApi(
-                spec=spec,
-                revision=project.revision(spec.name),
-                project_dir=snapshot.project_dir,
-                spec_path=snapshot.spec_path,
-                deployed_at=self._wall(),
+            prepared.append(
+                DesiredApi(
+                    spec=spec,
+                    revision=project.revision(spec.name),
+                    project_dir=snapshot.project_dir,
+                    spec_path=snapshot.spec_path,
+                    deployed_at=self._wall(),
+                )
             )
-            action = self._controller.deploy(desired)
-            results.append({"api": spec.name, "kind": str(spec.kind), "action": action})
-        return results
+        return prepared
 
     async def _list_apis(self, request: Request, params: dict[str, str]) -> Response:
         return json_response(

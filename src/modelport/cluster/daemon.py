@@ -24,6 +24,7 @@ from typing import IO
 
 import uvloop
 
+from modelport.backends.local import REPLICA_DRAIN_SECONDS as REPLICA_GRACE_SECONDS
 from modelport.backends.local import LocalBackend, kill_stale_replica
 from modelport.clock import SystemClock
 from modelport.cluster.control_api import ControlApi
@@ -36,7 +37,8 @@ from modelport.store.sqlite import SqliteStateStore
 
 log = logging.getLogger("modelport.daemon")
 
-REPLICA_DRAIN_SECONDS = 30.0
+# A replica drains for its own grace period; the SIGKILL comes a little after, never during the drain.
+REPLICA_KILL_AFTER_SECONDS = REPLICA_GRACE_SECONDS + 5.0
 GATEWAY_DRAIN_SECONDS = 30.0
 
 
@@ -97,7 +99,7 @@ async def run_daemon(settings: Settings) -> int:
             traffic=gateway,
             store=store,
             clock=clock,
-            drain_grace_seconds=REPLICA_DRAIN_SECONDS,
+            drain_grace_seconds=REPLICA_KILL_AFTER_SECONDS,
         )
         controller.restore()
 

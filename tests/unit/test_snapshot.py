@@ -1,0 +1,154 @@
+"""Unit tests of cluster.snapshot: per-digest project copies and per-revision spec JSON under a temp home."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from pathlib import Path
+
+import pytest
+
+from modelport.cluster.snapshot import Snapshot, prepare, snapshot_project, write_spec
+from modelport.errors import UserInputError
+from modelport.spec.load import Project, load_project
+from modelport.spec.model import ApiSpec
+
+SPEC = """\
+- name: iris
+  kind: RealtimeAPI
+  predictor:
+    type: python
+    path: predictor.py
+    config: {threshold: 0.5}
+"""
+
+
+def write(root: Path, files: Mapping[str, str]) -> Path:
+    for name, content in files.items():
+        path = root / name
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(content)
+    return root
+
+
+def make_project(root: Path, **files: str) -> Project:
+    write(root, {"modelport.yaml": SPEC, "predictor.py": "class Predictor: ...\n", **files})
+    return load_project(root)
+
+
+def tree(root: Path) -> dict[str, str]:
+    return {p.relative_to(root).as_posix(): p.read_text() for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+def test_snapshot_copies_the_project_files_but_not_ignored_ones(tmp_path: Path) -> None:
+    project = make_project(
+        tmp_path / "project",
+        **{
+            "lib/util.py": "X = 1\n",
+            "data/big.bin": "weights",
+            ".modelportignore": "data/\n*.log\n",
+            "debug.log": "noise",
+            ".env": "SECRET=1",
+            "__pycache__/predictor.cpython-311.pyc": "compiled",
+        },
+    )
+    copy = snapshot_project(project, snapshots_dir=tmp_path / "home" / "snapshots")
+    assert copy.parent == tmp_path / "home" / "snapshots"
+    assert copy.name == project.files_digest[:16]
+    # The spec file is not part of the revision's files: replicas read the resolved spec JSON instead.
+    assert tree(copy) == {"lib/util.py": "X = 1\n", "predictor.py": "class Predictor: ...\n"}
+
+
+def test_the_same_digest_reuses_the_folder_and_later_edits_do_not_leak(tmp_path: Path) -> None:
+    root, snapshots = tmp_path / "project", tmp_path / "snapshots"
+    first = snapshot_project(make_project(root), snapshots_dir=snapshots)
+    marker = first / "predictor.py"
+    stamp = marker.stat().st_mtime_ns
+
+    # Loading the same files again (even with another spec) gives the same digest: no second copy.
+    write(root, {"modelport.yaml": SPEC.replace("0.5", "0.9")})
+    again = snapshot_project(load_project(root), snapshots_dir=snapshots)
+    assert again == first
+    assert marker.stat().st_mtime_ns == stamp
+    assert [p.name for p in snapshots.iterdir()] == [first.name]
+
+    # Editing a file makes a new snapshot; the old one keeps what its replicas run.
+    write(root, {"predictor.py": "class Predictor: pass  # v2\n"})
+    changed = snapshot_project(load_project(root), snapshots_dir=snapshots)
+    assert changed != first
+    assert (first / "predictor.py").read_text() == "class Predictor: ...\n"
+    assert (changed / "predictor.py").read_text() == "class Predictor: pass  # v2\n"
+    assert sorted(p.name for p in snapshots.iterdir()) == sorted([first.name, changed.name])
+
+
+def test_no_staging_folder_is_left_behind(tmp_path: Path) -> None:
+    snapshots = tmp_path / "snapshots"
+    snapshot_project(make_project(tmp_path / "a"), snapshots_dir=snapshots)
+    snapshot_project(make_project(tmp_path / "b", **{"other.py": ""}), snapshots_dir=snapshots)
+    names = [p.name for p in snapshots.iterdir()]
+    assert len(names) == 2
+    assert not [name for name in names if name.startswith(".staging-")]
+
+
+def test_a_failed_snapshot_leaves_no_staging_folder(tmp_path: Path) -> None:
+    root, snapshots = tmp_path / "project", tmp_path / "snapshots"
+    project = make_project(root)
+    # A plain file where the snapshot folder goes makes the final rename fail after the copy.
+    snapshots.mkdir()
+    blocker = snapshots / project.files_digest[:16]
+    blocker.write_text("not a folder")
+    with pytest.raises(OSError):
+        snapshot_project(project, snapshots_dir=snapshots)
+    assert [p.name for p in snapshots.iterdir()] == [blocker.name]
+    # Once the blocker is gone the same deploy succeeds.
+    blocker.unlink()
+    assert tree(snapshot_project(project, snapshots_dir=snapshots)) == {
+        "predictor.py": "class Predictor: ...\n"
+    }
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="snapshot_project re-lists and copies the files at copy time instead of the files load_project "
+    "digested: an edit between load and snapshot lands in the folder named after the *old* digest, and a "
+    "later deploy of the old content reuses that folder",
+)
+def test_a_file_edited_after_load_does_not_end_up_under_the_old_digest(tmp_path: Path) -> None:
+    root, snapshots = tmp_path / "project", tmp_path / "snapshots"
+    project = make_project(root)
+    write(root, {"predictor.py": "class Predictor: pass  # edited after load\n"})
+    try:
+        copy = snapshot_project(project, snapshots_dir=snapshots)
+    except UserInputError:
+        return  # refusing a project that changed while it was read is also correct
+    assert (copy / "predictor.py").read_text() == "class Predictor: ...\n"
+
+
+def test_write_spec_round_trips_into_the_same_api_spec(tmp_path: Path) -> None:
+    project = make_project(tmp_path / "project")
+    spec = project.api("iris")
+    revision = project.revision("iris")
+    path = write_spec(spec, revision=revision, specs_dir=tmp_path / "specs")
+    assert path == tmp_path / "specs" / "iris" / f"{revision}.json"
+    assert ApiSpec.model_validate_json(path.read_text()) == spec
+    assert [p.name for p in path.parent.iterdir()] == [path.name]  # the .tmp file was renamed away
+
+
+def test_write_spec_keeps_an_existing_revision_file(tmp_path: Path) -> None:
+    project = make_project(tmp_path / "project")
+    spec, revision = project.api("iris"), project.revision("iris")
+    first = write_spec(spec, revision=revision, specs_dir=tmp_path / "specs")
+    stamp = first.stat().st_mtime_ns
+    assert write_spec(spec, revision=revision, specs_dir=tmp_path / "specs") == first
+    assert first.stat().st_mtime_ns == stamp
+
+
+def test_prepare_gives_the_snapshot_and_the_revision_spec(tmp_path: Path) -> None:
+    project = make_project(tmp_path / "project")
+    spec = project.api("iris")
+    snapshot = prepare(project, spec, snapshots_dir=tmp_path / "snapshots", specs_dir=tmp_path / "specs")
+    assert snapshot == Snapshot(
+        project_dir=tmp_path / "snapshots" / project.files_digest[:16],
+        spec_path=tmp_path / "specs" / "iris" / f"{project.revision('iris')}.json",
+    )
+    assert (snapshot.project_dir / spec.predictor.path).is_file()
+    assert ApiSpec.model_validate_json(snapshot.spec_path.read_text()) == spec

@@ -144,6 +144,8 @@ def _error_from(status: int, raw: bytes) -> ModelportError:
     try:
         body = json.loads(raw)
     except ValueError:
+        body = None
+    if not isinstance(body, dict):
         body = {"error": raw.decode("utf-8", "replace")}
     message = str(body.get("error", body))
     if status == 400 and "problems" in body:

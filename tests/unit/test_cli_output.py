@@ -117,11 +117,6 @@ def test_latency_picks_a_unit_and_precision(seconds: float | None, shown: str) -
     assert output.latency(seconds) == shown
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="latency() picks the unit before rounding: 0.9996 s prints '1000ms' and 0.0009996 s '1000µs' "
-    "instead of '1.0s' / '1.0ms'",
-)
 @pytest.mark.parametrize(("seconds", "shown"), [(0.9996, "1.0s"), (0.0009996, "1.0ms")])
 def test_latency_rounding_up_to_the_next_unit_uses_that_unit(seconds: float, shown: str) -> None:
     assert output.latency(seconds) == shown

@@ -200,12 +200,6 @@ def test_a_non_json_error_body_is_shown_as_text(served: Served) -> None:
     assert str(caught.value) == "the modelport cluster answered 502: Bad Gateway"
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=AttributeError,
-    reason="client._error_from calls body.get(...) on any decoded JSON: an error body that is JSON but not "
-    "an object (a string, a list) raises AttributeError instead of a ModelportError",
-)
 def test_a_json_error_body_that_is_not_an_object_is_still_a_modelport_error(served: Served) -> None:
     served.api.answer(502, "upstream unavailable")
     with pytest.raises(ModelportError) as caught:

@@ -54,10 +54,13 @@ def age(seconds: float | None) -> str:
 def latency(seconds: float | None) -> str:
     if seconds is None:
         return "-"
-    if seconds < 0.001:
+    # The unit is chosen after rounding, so 0.9996 s reads "1.0s", not "1000ms".
+    if round(seconds * 1_000_000) < 1000:
         return f"{seconds * 1_000_000:.0f}µs"
-    if seconds < 1:
-        return f"{seconds * 1000:.0f}ms" if seconds >= 0.01 else f"{seconds * 1000:.1f}ms"
+    if round(seconds * 1000, 1) < 10:
+        return f"{seconds * 1000:.1f}ms"
+    if round(seconds * 1000) < 1000:
+        return f"{seconds * 1000:.0f}ms"
     return f"{seconds:.1f}s"
 
 

@@ -202,7 +202,9 @@ def _json_body(request: Request) -> dict[str, Any]:
 
 
 def _read_new_lines(paths: list[Path], cursor: dict[str, Any]) -> tuple[list[dict[str, str]], dict[str, int]]:
-    """Complete lines appended to each log file since `cursor`; a new file starts near its end."""
+    """Complete lines appended to each log file since `cursor`; a file new to the cursor starts at the first
+    line boundary within its last 64 KiB. A line longer than one read window is returned in pieces rather
+    than blocking the stream."""
     lines: list[dict[str, str]] = []
     new_cursor: dict[str, int] = {}
     for path in paths:
@@ -212,13 +214,25 @@ def _read_new_lines(paths: list[Path], cursor: dict[str, Any]) -> tuple[list[dic
         except FileNotFoundError:
             continue
         offset = cursor.get(key)
-        if not isinstance(offset, int) or offset < 0 or offset > size:
+        fresh = not isinstance(offset, int) or offset < 0 or offset > size
+        if fresh:
             offset = max(0, size - _FIRST_READ_BYTES)
+        assert isinstance(offset, int)
         with path.open("rb") as handle:
+            if fresh and offset > 0:
+                handle.seek(offset - 1)
+                if handle.read(1) != b"\n":
+                    handle.readline()  # skip the tail of a line that started before the window
+                    offset = handle.tell()
             handle.seek(offset)
             chunk = handle.read(min(size - offset, _MAX_READ_BYTES))
         end = chunk.rfind(b"\n")
-        complete = chunk[: end + 1] if end >= 0 else b""
+        if end >= 0:
+            complete = chunk[: end + 1]
+        elif len(chunk) == _MAX_READ_BYTES:
+            complete = chunk  # one enormous line: hand it out in pieces
+        else:
+            complete = b""
         replica = path.stem
         for raw in complete.splitlines():
             lines.append({"replica": replica, "line": raw.decode("utf-8", errors="replace")})

@@ -13,7 +13,8 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
-from modelport.spec.load import Project, project_files
+from modelport.errors import UserInputError
+from modelport.spec.load import Project, files_digest, project_files
 from modelport.spec.model import ApiSpec
 from modelport.types import Revision
 
@@ -32,11 +33,16 @@ def snapshot_project(project: Project, *, snapshots_dir: Path) -> Path:
     snapshots_dir.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=".staging-", dir=snapshots_dir))
     try:
-        for relative in project_files(project.root, spec_file=project.spec_file):
-            source = project.root / relative
+        copied = project_files(project.root, spec_file=project.spec_file)
+        for relative in copied:
             destination = staging / relative
             destination.parent.mkdir(parents=True, exist_ok=True)
-            shutil.copy2(source, destination)
+            shutil.copy2(project.root / relative, destination)
+        # The folder is named after the digest load_project computed: make sure that is what was copied.
+        if files_digest(staging, copied) != project.files_digest:
+            raise UserInputError(
+                f"the project in {project.root} changed while it was being deployed: deploy again"
+            )
         try:
             os.rename(staging, target)
         except OSError:

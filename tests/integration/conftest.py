@@ -5,13 +5,11 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import socket
 import subprocess
 import sys
-import time
 import urllib.error
 import urllib.request
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -19,35 +17,10 @@ from typing import Any
 import psutil
 import pytest
 
+from tests.support import HttpReply, free_port, wait_until
+
 REPO = Path(__file__).resolve().parents[2]
 EXAMPLES = REPO / "examples"
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-def wait_until(predicate: Callable[[], Any], *, timeout: float, message: str, interval: float = 0.05) -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout} s: {message}")
-        time.sleep(interval)
-
-
-@dataclass
-class HttpResult:
-    status: int
-    headers: dict[str, str]
-    body: bytes
-
-    def json(self) -> Any:
-        return json.loads(self.body)
 
 
 @dataclass
@@ -91,17 +64,17 @@ class Cluster:
         body: bytes | None = None,
         headers: dict[str, str] | None = None,
         timeout: float = 30,
-    ) -> HttpResult:
+    ) -> HttpReply:
         request = urllib.request.Request(
             f"http://127.0.0.1:{self.gateway_port}{path}", data=body, method=method, headers=headers or {}
         )
         try:
             with urllib.request.urlopen(request, timeout=timeout) as response:
-                return HttpResult(response.status, dict(response.headers.items()), response.read())
+                return HttpReply(response.status, dict(response.headers.items()), response.read())
         except urllib.error.HTTPError as exc:
-            return HttpResult(exc.code, dict(exc.headers.items()), exc.read())
+            return HttpReply(exc.code, dict(exc.headers.items()), exc.read())
 
-    def predict(self, api: str, payload: Any, query: str = "") -> HttpResult:
+    def predict(self, api: str, payload: Any, query: str = "") -> HttpReply:
         return self.request(
             "POST",
             f"/{api}{'?' + query if query else ''}",

@@ -11,7 +11,8 @@ from pathlib import Path
 import psutil
 import pytest
 
-from tests.integration.conftest import Cluster, copy_example, wait_until
+from tests.integration.conftest import Cluster, copy_example
+from tests.support import wait_until
 
 pytestmark = pytest.mark.integration
 

@@ -7,7 +7,8 @@ from pathlib import Path
 import psutil
 import pytest
 
-from tests.integration.conftest import Cluster, copy_example, free_port
+from tests.integration.conftest import Cluster, copy_example
+from tests.support import free_port
 
 pytestmark = pytest.mark.integration
 

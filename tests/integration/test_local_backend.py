@@ -22,6 +22,7 @@ from modelport.controller.ports import ObservedReplica, ReplicaLaunch
 from modelport.errors import ConflictError, UnavailableError
 from modelport.spec.model import ApiSpec
 from modelport.types import ApiName, ReplicaId, ReplicaPhase, Revision
+from tests.support import wait_until
 
 pytestmark = pytest.mark.integration
 
@@ -200,11 +201,8 @@ async def log_mentions(path: Path, text: str, *, within: float = 10.0) -> None:
         await asyncio.sleep(0.01)
 
 
-def wait_for_file(path: Path, *, within: float = 10.0) -> str:
-    deadline = time.monotonic() + within
-    while not path.exists():
-        assert time.monotonic() < deadline, f"{path} never appeared"
-        time.sleep(0.01)
+def wait_for_file(path: Path) -> str:
+    wait_until(path.exists, timeout=10, message=f"{path} to appear")
     return path.read_text()
 
 
@@ -362,10 +360,7 @@ def test_a_worker_left_by_an_exited_replica_is_killed_with_its_group(
     asyncio.run(poll_until(backend, phase_of("iris-a1", ReplicaPhase.EXITED)))
 
     worker_pid = int(wait_for_file(worker_pid_file))
-    deadline = time.monotonic() + 5
-    while not gone(worker_pid):
-        assert time.monotonic() < deadline, "the replica's worker outlived it"
-        time.sleep(0.01)
+    wait_until(lambda: gone(worker_pid), timeout=5, message="the replica's worker to go with it")
 
 
 def test_shutdown_stops_every_replica_and_leaves_no_process_behind(
@@ -415,10 +410,7 @@ def test_a_cancelled_shutdown_still_kills_every_replica(
 
     asyncio.run(scenario())
     assert "killed (SIGKILL): shutdown was cancelled" in log_path.read_text()
-    deadline = time.monotonic() + 5
-    while not gone(pid):
-        assert time.monotonic() < deadline, "the replica survived a cancelled shutdown"
-        time.sleep(0.01)
+    wait_until(lambda: gone(pid), timeout=5, message="the replica to die after a cancelled shutdown")
 
 
 def test_gpu_replicas_see_only_their_own_devices(

@@ -11,12 +11,10 @@ import http.client
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import textwrap
 import threading
-import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,37 +24,11 @@ import psutil
 import pytest
 
 from modelport.spec.model import ApiSpec
+from tests.support import HttpReply, free_port, wait_until
 
 pytestmark = pytest.mark.integration
 
 BOOT = "import sys; from modelport.runtime.server import main; sys.exit(main(sys.argv[1:]))"
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-def wait_until(predicate: Callable[[], Any], *, timeout: float = 15, message: str) -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout} s waiting for {message}")
-        time.sleep(0.02)
-
-
-@dataclass
-class Reply:
-    status: int
-    headers: dict[str, str]
-    body: bytes
-
-    def json(self) -> Any:
-        return json.loads(self.body)
 
 
 @dataclass
@@ -67,20 +39,24 @@ class Replica:
 
     def request(
         self, method: str, path: str, body: bytes | None = None, headers: dict[str, str] | None = None
-    ) -> Reply:
+    ) -> HttpReply:
         connection = http.client.HTTPConnection("127.0.0.1", self.port, timeout=30)
         try:
             connection.request(method, path, body=body, headers=headers or {})
             response = connection.getresponse()
-            return Reply(response.status, {k.lower(): v for k, v in response.getheaders()}, response.read())
+            return HttpReply(
+                response.status, {k.lower(): v for k, v in response.getheaders()}, response.read()
+            )
         finally:
             connection.close()
 
-    def predict(self, payload: Any, path: str = "/predict", headers: dict[str, str] | None = None) -> Reply:
+    def predict(
+        self, payload: Any, path: str = "/predict", headers: dict[str, str] | None = None
+    ) -> HttpReply:
         headers = {"Content-Type": "application/json", **(headers or {})}
         return self.request("POST", path, json.dumps(payload).encode(), headers)
 
-    def answers(self, path: str) -> Reply | None:
+    def answers(self, path: str) -> HttpReply | None:
         try:
             return self.request("GET", path)
         except OSError:
@@ -384,7 +360,7 @@ def test_two_threads_run_two_requests_at_once(start_replica: StartReplica) -> No
         threads_per_process=2,
     )
     replica.wait_ready()
-    results: list[Reply] = []
+    results: list[HttpReply] = []
     clients = [
         threading.Thread(target=lambda: results.append(replica.request("POST", "/predict"))) for _ in "ab"
     ]
@@ -442,7 +418,7 @@ def test_sigterm_lets_an_in_flight_request_finish_then_exits_0(
         grace=20.0,
     )
     replica.wait_ready()
-    replies: list[Reply] = []
+    replies: list[HttpReply] = []
     client = threading.Thread(target=lambda: replies.append(replica.request("POST", "/predict")))
     client.start()
     wait_until(started.exists, message="predict to start")

@@ -9,149 +9,29 @@ from __future__ import annotations
 import asyncio
 import os
 import threading
-from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import orjson
 import pytest
 
-from modelport.clock import FakeClock
 from modelport.cluster.control_api import ControlApi
-from modelport.controller.loop import Controller
-from modelport.controller.ports import (
-    Backend,
-    ComputeVerdict,
-    DesiredApi,
-    ObservedReplica,
-    ReplicaLaunch,
-    RouteSink,
-    StateStore,
-    TrafficSource,
-)
 from modelport.errors import ConflictError, ModelportError, UnavailableError
 from modelport.http.server import Request
 from modelport.settings import Settings
 from modelport.spec.load import load_project
 from modelport.spec.model import ApiSpec
-from modelport.types import Address, ApiName, ApiRoute, ApiTraffic, ReplicaId, ReplicaPhase
+from modelport.types import ApiName, ApiTraffic
 from modelport.version import __version__
+from tests.support import IRIS_SPEC
+from tests.unit.fakes import Fakes
 
 GATEWAY_URL = "http://localhost:18888"
 IRIS = ApiName("iris")
 
-SPEC = """\
-- name: iris
-  kind: RealtimeAPI
-  predictor:
-    type: python
-    path: predictor.py
-    config: {threshold: 0.5}
-  autoscaling:
-    init_replicas: 1
-"""
+SPEC = IRIS_SPEC + "  autoscaling:\n    init_replicas: 1\n"
 PREDICTOR = "class Predictor:\n    def predict(self, payload):\n        return payload\n"
-
-
-# ---- fakes -------------------------------------------------------------------------------------------
-
-
-class FakeBackend:
-    """Launch records a STARTING replica logging to a real file under logs_dir; tests move phases by hand."""
-
-    def __init__(self, clock: FakeClock, *, logs_dir: Path) -> None:
-        self.clock = clock
-        self.logs_dir = logs_dir
-        self.replicas: dict[ReplicaId, ObservedReplica] = {}
-        self.launches: list[ReplicaLaunch] = []
-        self.terminated: list[ReplicaId] = []
-        self.observe_error: Exception | None = None
-
-    def launch(self, launch: ReplicaLaunch) -> None:
-        self.launches.append(launch)
-        self.replicas[launch.replica_id] = ObservedReplica(
-            replica_id=launch.replica_id,
-            api_name=launch.api_name,
-            revision=launch.revision,
-            generation=launch.generation,
-            phase=ReplicaPhase.STARTING,
-            address=Address("127.0.0.1", 40_000 + len(self.launches)),
-            pid=1000 + len(self.launches),
-            started_at=self.clock.wall(),
-            log_path=self.logs_dir / launch.api_name / f"{launch.replica_id}.log",
-        )
-
-    def terminate(self, replica_id: ReplicaId, *, grace_seconds: float) -> None:
-        self.terminated.append(replica_id)
-        self.replicas[replica_id] = replace(self.replicas[replica_id], phase=ReplicaPhase.DRAINING)
-
-    def forget(self, replica_id: ReplicaId) -> None:
-        del self.replicas[replica_id]
-
-    def observe(self) -> Sequence[ObservedReplica]:
-        if self.observe_error is not None:
-            raise self.observe_error
-        return list(self.replicas.values())
-
-    def check_compute(self, spec: ApiSpec) -> ComputeVerdict:
-        return ComputeVerdict(fits=True)
-
-    async def poll(self) -> None:
-        return None
-
-    async def shutdown(self, *, grace_seconds: float) -> None:
-        return None
-
-    def ready_all(self) -> None:
-        for rid, replica in self.replicas.items():
-            if replica.phase is ReplicaPhase.STARTING:
-                self.replicas[rid] = replace(replica, phase=ReplicaPhase.READY, ready_at=self.clock.wall())
-
-
-class RecordingRoutes:
-    def __init__(self) -> None:
-        self.tables: list[Mapping[ApiName, ApiRoute]] = []
-
-    def publish(self, routes: Mapping[ApiName, ApiRoute]) -> None:
-        self.tables.append(routes)
-
-
-class FakeTraffic:
-    def __init__(self) -> None:
-        self.counters: dict[ApiName, ApiTraffic] = {}
-
-    def traffic(self) -> Mapping[ApiName, ApiTraffic]:
-        return self.counters
-
-
-class MemoryStore:
-    def __init__(self) -> None:
-        self.apis: dict[ApiName, DesiredApi] = {}
-        self.replicas: dict[ReplicaId, ObservedReplica] = {}
-        self.save_error: Exception | None = None
-        self.save_threads: list[int] = []
-
-    def save_api(self, api: DesiredApi) -> None:
-        self.save_threads.append(threading.get_ident())
-        if self.save_error is not None:
-            raise self.save_error
-        self.apis[api.name] = api
-
-    def delete_api(self, name: ApiName) -> None:
-        del self.apis[name]
-
-    def load_apis(self) -> Sequence[DesiredApi]:
-        return list(self.apis.values())
-
-    def record_replica(self, replica: ObservedReplica) -> None:
-        self.replicas[replica.replica_id] = replica
-
-    def forget_replica(self, replica_id: ReplicaId) -> None:
-        self.replicas.pop(replica_id, None)
-
-    def load_replicas(self) -> Sequence[ObservedReplica]:
-        return list(self.replicas.values())
 
 
 # ---- harness -----------------------------------------------------------------------------------------
@@ -163,23 +43,12 @@ class Reply:
     body: Any
 
 
-class Harness:
+class Harness(Fakes):
     def __init__(self, tmp_path: Path) -> None:
         self.settings = Settings(home=tmp_path / "home", gateway_port=18888, control_port=18889)
-        self.clock = FakeClock()
-        self.backend = FakeBackend(self.clock, logs_dir=self.settings.logs_dir)
-        self.routes = RecordingRoutes()
-        self.traffic = FakeTraffic()
-        self.store = MemoryStore()
+        super().__init__(logs_dir=self.settings.logs_dir)
         self.shutdowns = 0
-        # Annotated as the protocols: mypy checks that the fakes satisfy them.
-        backend: Backend = self.backend
-        routes: RouteSink = self.routes
-        traffic: TrafficSource = self.traffic
-        store: StateStore = self.store
-        self.controller = Controller(
-            backend=backend, routes=routes, traffic=traffic, store=store, clock=self.clock
-        )
+        self.controller = self.controller_with()
         self.api = ControlApi(
             controller=self.controller,
             settings=self.settings,
@@ -207,7 +76,7 @@ class Harness:
     def deploy_live(self, project: Path) -> None:
         assert self.deploy(project).status == 200
         self.tick()
-        self.backend.ready_all()
+        self.backend.ready()
         self.tick()
 
 

@@ -4,177 +4,19 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable, Mapping, Sequence
 from dataclasses import replace
 from pathlib import Path
 
 import pytest
 
-from modelport.clock import FakeClock
-from modelport.controller.loop import Controller
-from modelport.controller.ports import (
-    Backend,
-    ComputeVerdict,
-    DesiredApi,
-    ObservedReplica,
-    ReplicaLaunch,
-    RouteSink,
-    StateStore,
-    TrafficSource,
-)
+from modelport.controller.ports import ComputeVerdict, DesiredApi
 from modelport.errors import NotFoundError
 from modelport.spec.model import ApiSpec
-from modelport.types import (
-    Address,
-    ApiName,
-    ApiRoute,
-    ApiStatus,
-    ApiTraffic,
-    ReplicaId,
-    ReplicaPhase,
-    Revision,
-)
+from modelport.types import ApiName, ApiRoute, ApiStatus, ApiTraffic, ReplicaId, ReplicaPhase, Revision
+from tests.unit.fakes import Fakes, MemoryStore
 
 IRIS = ApiName("iris")
 REV_A, REV_B = Revision("aaaaaa111111"), Revision("bbbbbb222222")
-
-
-# ---- fakes -------------------------------------------------------------------------------------------
-
-
-class FakeBackend:
-    """Launch records a STARTING replica; the test turns replicas READY or EXITED by hand."""
-
-    def __init__(self, clock: FakeClock, routes: RecordingRoutes) -> None:
-        self.clock = clock
-        self.routes = routes
-        self.replicas: dict[ReplicaId, ObservedReplica] = {}
-        self.launches: list[ReplicaLaunch] = []
-        self.terminated: list[ReplicaId] = []
-        self.forgotten: list[ReplicaId] = []
-        self.verdict = ComputeVerdict(fits=True)
-        self.poll_error: Exception | None = None
-        self.compute_error_for: set[str] = set()
-        self.polls = 0
-        self.after_poll: Callable[[int], None] | None = None
-        self.shutdown_grace: float | None = None
-        self._ports = iter(range(40_000, 50_000))
-
-    # Backend protocol
-    def launch(self, launch: ReplicaLaunch) -> None:
-        self.launches.append(launch)
-        self.replicas[launch.replica_id] = ObservedReplica(
-            replica_id=launch.replica_id,
-            api_name=launch.api_name,
-            revision=launch.revision,
-            generation=launch.generation,
-            phase=ReplicaPhase.STARTING,
-            address=Address("127.0.0.1", next(self._ports)),
-            pid=len(self.launches) + 1000,
-            started_at=self.clock.wall() + len(self.launches) * 1e-3,  # distinct, ordered start times
-            log_path=Path(f"/logs/{launch.api_name}/{launch.replica_id}.log"),
-        )
-
-    def terminate(self, replica_id: ReplicaId, *, grace_seconds: float) -> None:
-        # The controller must have taken the replica out of the gateway's table before SIGTERM.
-        for route in self.routes.latest.values():
-            assert replica_id not in {t.replica_id for t in route.replicas}, "terminated while routed"
-        replica = self.replicas[replica_id]
-        if replica.phase in (ReplicaPhase.STARTING, ReplicaPhase.READY):
-            self.terminated.append(replica_id)
-            self.replicas[replica_id] = replace(replica, phase=ReplicaPhase.DRAINING)
-
-    def forget(self, replica_id: ReplicaId) -> None:
-        self.forgotten.append(replica_id)
-        del self.replicas[replica_id]
-
-    def observe(self) -> Sequence[ObservedReplica]:
-        return list(self.replicas.values())
-
-    def check_compute(self, spec: ApiSpec) -> ComputeVerdict:
-        if spec.name in self.compute_error_for:
-            raise RuntimeError("resource probe failed")
-        return self.verdict
-
-    async def poll(self) -> None:
-        self.polls += 1
-        if self.after_poll is not None:
-            self.after_poll(self.polls)
-        if self.poll_error is not None:
-            raise self.poll_error
-
-    async def shutdown(self, *, grace_seconds: float) -> None:
-        self.shutdown_grace = grace_seconds
-        for rid in list(self.replicas):
-            self.exit(rid, code=0)
-
-    # test controls
-    def ready(self, *replica_ids: ReplicaId) -> None:
-        for rid in replica_ids or [r.replica_id for r in self.in_phase(ReplicaPhase.STARTING)]:
-            self.replicas[rid] = replace(
-                self.replicas[rid], phase=ReplicaPhase.READY, ready_at=self.clock.wall()
-            )
-
-    def exit(self, replica_id: ReplicaId, *, code: int) -> None:
-        self.replicas[replica_id] = replace(
-            self.replicas[replica_id], phase=ReplicaPhase.EXITED, exit_code=code
-        )
-
-    def finish_draining(self) -> None:
-        for replica in self.in_phase(ReplicaPhase.DRAINING):
-            self.exit(replica.replica_id, code=0)
-
-    def in_phase(self, phase: ReplicaPhase) -> list[ObservedReplica]:
-        return [r for r in self.replicas.values() if r.phase is phase]
-
-    def live(self) -> list[ObservedReplica]:
-        return [r for r in self.replicas.values() if r.phase in (ReplicaPhase.STARTING, ReplicaPhase.READY)]
-
-
-class RecordingRoutes:
-    def __init__(self) -> None:
-        self.tables: list[Mapping[ApiName, ApiRoute]] = []
-
-    def publish(self, routes: Mapping[ApiName, ApiRoute]) -> None:
-        self.tables.append(routes)
-
-    @property
-    def latest(self) -> Mapping[ApiName, ApiRoute]:
-        return self.tables[-1] if self.tables else {}
-
-
-class FakeTraffic:
-    def __init__(self) -> None:
-        self.counters: dict[ApiName, ApiTraffic] = {}
-
-    def traffic(self) -> Mapping[ApiName, ApiTraffic]:
-        return self.counters
-
-
-class MemoryStore:
-    def __init__(self) -> None:
-        self.apis: dict[ApiName, DesiredApi] = {}
-        self.replicas: dict[ReplicaId, ObservedReplica] = {}
-        self.saves = 0
-
-    def save_api(self, api: DesiredApi) -> None:
-        self.saves += 1
-        self.apis[api.name] = api
-
-    def delete_api(self, name: ApiName) -> None:
-        del self.apis[name]
-
-    def load_apis(self) -> Sequence[DesiredApi]:
-        return list(self.apis.values())
-
-    def record_replica(self, replica: ObservedReplica) -> None:
-        self.replicas[replica.replica_id] = replica
-
-    def forget_replica(self, replica_id: ReplicaId) -> None:
-        self.replicas.pop(replica_id, None)
-
-    def load_replicas(self) -> Sequence[ObservedReplica]:
-        return list(self.replicas.values())
 
 
 # ---- harness -----------------------------------------------------------------------------------------
@@ -194,26 +36,10 @@ def make_spec(
     )
 
 
-class Cluster:
+class Cluster(Fakes):
     def __init__(self, store: MemoryStore | None = None) -> None:
-        self.clock = FakeClock()
-        self.routes = RecordingRoutes()
-        self.backend = FakeBackend(self.clock, self.routes)
-        self.traffic = FakeTraffic()
-        self.store = store or MemoryStore()
-        # Annotated as the protocols: mypy checks that the fakes satisfy them.
-        backend: Backend = self.backend
-        routes: RouteSink = self.routes
-        traffic: TrafficSource = self.traffic
-        state: StateStore = self.store
-        self.controller = Controller(
-            backend=backend,
-            routes=routes,
-            traffic=traffic,
-            store=state,
-            clock=self.clock,
-            drain_grace_seconds=7.0,
-        )
+        super().__init__(store=store)
+        self.controller = self.controller_with(drain_grace_seconds=7.0)
 
     def desired(self, spec: ApiSpec | None = None, *, revision: Revision = REV_A) -> DesiredApi:
         return DesiredApi(
@@ -470,14 +296,7 @@ def test_restore_loads_the_desired_state_and_forgets_vanished_replicas() -> None
 def test_a_failing_poll_does_not_stop_the_loop(caplog: pytest.LogCaptureFixture) -> None:
     cluster = Cluster()
     cluster.backend.poll_error = RuntimeError("probe exploded")
-    controller = Controller(
-        backend=cluster.backend,
-        routes=cluster.routes,
-        traffic=cluster.traffic,
-        store=cluster.store,
-        clock=cluster.clock,
-        tick_seconds=0.001,
-    )
+    controller = cluster.controller_with(tick_seconds=0.001)
     controller.deploy(cluster.desired())
 
     async def scenario() -> None:

@@ -8,25 +8,11 @@ import pytest
 
 from modelport.controller.plan import LIVE_PHASES, RolloutPlan, Target, plan_rollout
 from modelport.controller.ports import ObservedReplica
-from modelport.types import ApiName, ReplicaId, ReplicaPhase, Revision
+from modelport.types import ReplicaId, ReplicaPhase, Revision
+from tests.unit.fakes import observed_replica as rep
 
 NEW = Target(revision=Revision("new"), generation=0)
 S, R = ReplicaPhase.STARTING, ReplicaPhase.READY
-
-
-def rep(
-    rid: str, phase: ReplicaPhase = R, *, rev: str = "new", gen: int = 0, at: float = 0.0
-) -> ObservedReplica:
-    return ObservedReplica(
-        replica_id=ReplicaId(rid),
-        api_name=ApiName("iris"),
-        revision=Revision(rev),
-        generation=gen,
-        phase=phase,
-        address=None,
-        pid=None,
-        started_at=at,
-    )
 
 
 def old(rid: str, phase: ReplicaPhase = R, *, at: float = 0.0) -> ObservedReplica:

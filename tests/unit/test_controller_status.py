@@ -6,9 +6,10 @@ import pytest
 
 from modelport.controller.backoff import BackoffPolicy, RestartBackoff, record_failure
 from modelport.controller.plan import Target
-from modelport.controller.ports import ComputeVerdict, ObservedReplica
+from modelport.controller.ports import ComputeVerdict
 from modelport.controller.status import ReplicaCounts, StatusReport, count_replicas, derive_status
-from modelport.types import ApiName, ApiStatus, ReplicaId, ReplicaPhase, Revision
+from modelport.types import ApiName, ApiStatus, ReplicaPhase, Revision
+from tests.unit.fakes import observed_replica
 
 TARGET = Target(Revision("new"), 0)
 POLICY = BackoffPolicy()
@@ -105,28 +106,15 @@ def test_crash_reason_names_the_last_exit_code() -> None:
     assert report.reason == "the predictor failed to start (exit code 1) 4 times: see `modelport logs iris`"
 
 
-def replica(rid: str, phase: ReplicaPhase, *, rev: str = "new", gen: int = 0) -> ObservedReplica:
-    return ObservedReplica(
-        replica_id=ReplicaId(rid),
-        api_name=ApiName("iris"),
-        revision=Revision(rev),
-        generation=gen,
-        phase=phase,
-        address=None,
-        pid=None,
-        started_at=0.0,
-    )
-
-
 def test_count_replicas() -> None:
     observed = [
-        replica("a", ReplicaPhase.READY),
-        replica("b", ReplicaPhase.STARTING),
-        replica("c", ReplicaPhase.DRAINING),
-        replica("d", ReplicaPhase.READY, rev="old"),
-        replica("e", ReplicaPhase.READY, gen=1),  # another generation is stale too
-        replica("f", ReplicaPhase.STARTING, rev="old"),
-        replica("g", ReplicaPhase.EXITED),
+        observed_replica("a", ReplicaPhase.READY),
+        observed_replica("b", ReplicaPhase.STARTING),
+        observed_replica("c", ReplicaPhase.DRAINING),
+        observed_replica("d", ReplicaPhase.READY, rev="old"),
+        observed_replica("e", ReplicaPhase.READY, gen=1),  # another generation is stale too
+        observed_replica("f", ReplicaPhase.STARTING, rev="old"),
+        observed_replica("g", ReplicaPhase.EXITED),
     ]
     assert count_replicas(observed, target=TARGET, requested=3) == ReplicaCounts(
         requested=3, up_to_date=1, stale=2, current_live=2

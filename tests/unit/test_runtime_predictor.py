@@ -188,17 +188,31 @@ def test_missing_file_is_a_one_line_error(tmp_path: Path) -> None:
     assert "\n" not in message
 
 
-def test_missing_class_is_a_one_line_error(tmp_path: Path) -> None:
-    project = write(tmp_path, "class Predictor:\n    def predict(self): ...\n")
-    with pytest.raises(
-        PredictorLoadError, match=r"predictor\.py does not define a class named PythonPredictor"
-    ):
-        load_predictor(project_dir=project, path="predictor.py", config={})
-
-
-def test_missing_predict_is_an_error_showing_the_signature(tmp_path: Path) -> None:
-    project = write(tmp_path, "class PythonPredictor:\n    def infer(self, payload): ...\n")
-    with pytest.raises(PredictorLoadError, match=r"has no predict method.*predict\(self, payload"):
+@pytest.mark.parametrize(
+    ("source", "error"),
+    [
+        pytest.param(
+            "class Predictor:\n    def predict(self): ...\n",
+            r"predictor\.py does not define a class named PythonPredictor",
+            id="missing class",
+        ),
+        pytest.param(
+            "class PythonPredictor:\n    def infer(self, payload): ...\n",
+            r"has no predict method.*predict\(self, payload",
+            id="missing predict: the signature is shown",
+        ),
+        pytest.param(
+            "class PythonPredictor:\n    async def predict(self, payload): ...\n",
+            r"predict in predictor\.py is async; define it with a plain def",
+            id="async predict: the fix is shown",
+        ),
+    ],
+)
+def test_a_predictor_class_that_cannot_serve_is_rejected_with_the_reason(
+    tmp_path: Path, source: str, error: str
+) -> None:
+    project = write(tmp_path, source)
+    with pytest.raises(PredictorLoadError, match=error):
         load_predictor(project_dir=project, path="predictor.py", config={})
 
 
@@ -218,14 +232,6 @@ class PythonPredictor:
     with pytest.raises(PredictorLoadError, match="'model'"):
         load_predictor(project_dir=project, path="predictor.py", config={})
     assert not marker.exists()
-
-
-def test_an_async_predict_is_rejected_with_the_fix(tmp_path: Path) -> None:
-    project = write(tmp_path, "class PythonPredictor:\n    async def predict(self, payload): ...\n")
-    with pytest.raises(
-        PredictorLoadError, match=r"predict in predictor\.py is async; define it with a plain def"
-    ):
-        load_predictor(project_dir=project, path="predictor.py", config={})
 
 
 def test_syntax_error_shows_the_file_and_line(tmp_path: Path) -> None:

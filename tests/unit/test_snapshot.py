@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
 from pathlib import Path
 
 import pytest
@@ -11,27 +10,11 @@ from modelport.cluster.snapshot import Snapshot, prepare, snapshot_project, writ
 from modelport.errors import UserInputError
 from modelport.spec.load import Project, load_project
 from modelport.spec.model import ApiSpec
-
-SPEC = """\
-- name: iris
-  kind: RealtimeAPI
-  predictor:
-    type: python
-    path: predictor.py
-    config: {threshold: 0.5}
-"""
-
-
-def write(root: Path, files: Mapping[str, str]) -> Path:
-    for name, content in files.items():
-        path = root / name
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(content)
-    return root
+from tests.support import IRIS_SPEC, write_files
 
 
 def make_project(root: Path, **files: str) -> Project:
-    write(root, {"modelport.yaml": SPEC, "predictor.py": "class Predictor: ...\n", **files})
+    write_files(root, {"modelport.yaml": IRIS_SPEC, "predictor.py": "class Predictor: ...\n", **files})
     return load_project(root)
 
 
@@ -63,13 +46,13 @@ def test_the_same_digest_reuses_the_folder_and_later_edits_do_not_leak(tmp_path:
     first = snapshot_project(make_project(root), snapshots_dir=snapshots)
 
     # Loading the same files again (even with another spec) gives the same digest: no second copy.
-    write(root, {"modelport.yaml": SPEC.replace("0.5", "0.9")})
+    write_files(root, {"modelport.yaml": IRIS_SPEC.replace("0.5", "0.9")})
     again = snapshot_project(load_project(root), snapshots_dir=snapshots)
     assert again == first
     assert [p.name for p in snapshots.iterdir()] == [first.name]
 
     # Editing a file makes a new snapshot; the old one keeps what its replicas run.
-    write(root, {"predictor.py": "class Predictor: pass  # v2\n"})
+    write_files(root, {"predictor.py": "class Predictor: pass  # v2\n"})
     changed = snapshot_project(load_project(root), snapshots_dir=snapshots)
     assert changed != first
     assert (first / "predictor.py").read_text() == "class Predictor: ...\n"
@@ -106,7 +89,7 @@ def test_a_failed_snapshot_leaves_no_staging_folder(tmp_path: Path) -> None:
 def test_a_file_edited_after_load_does_not_end_up_under_the_old_digest(tmp_path: Path) -> None:
     root, snapshots = tmp_path / "project", tmp_path / "snapshots"
     project = make_project(root)
-    write(root, {"predictor.py": "class Predictor: pass  # edited after load\n"})
+    write_files(root, {"predictor.py": "class Predictor: pass  # edited after load\n"})
     try:
         copy = snapshot_project(project, snapshots_dir=snapshots)
     except UserInputError:

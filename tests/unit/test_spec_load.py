@@ -3,7 +3,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
 from pathlib import Path
 
 import pytest
@@ -11,35 +10,24 @@ import pytest
 from modelport.errors import NotFoundError, UserInputError
 from modelport.spec.errors import SpecError, SpecProblem
 from modelport.spec.load import Project, load_project, parse_apis, project_files
+from tests.support import IRIS_SPEC, write_files
 
-SPEC = """\
-- name: iris
-  kind: RealtimeAPI
-  predictor:
-    type: python
-    path: predictor.py
-    config: {threshold: 0.5}
+SPEC = (
+    IRIS_SPEC
+    + """\
 - name: sleep
   kind: RealtimeAPI
   predictor:
     type: python
     path: sleep.py
 """
-
-
-def write(root: Path, files: Mapping[str, str | bytes]) -> Path:
-    for name, content in files.items():
-        path = root / name
-        path.parent.mkdir(parents=True, exist_ok=True)
-        if isinstance(content, bytes):
-            path.write_bytes(content)
-        else:
-            path.write_text(content)
-    return root
+)
 
 
 def project(root: Path, spec: str = SPEC, **files: str) -> Path:
-    return write(root, {"modelport.yaml": spec, "predictor.py": "# iris\n", "sleep.py": "# sleep\n", **files})
+    return write_files(
+        root, {"modelport.yaml": spec, "predictor.py": "# iris\n", "sleep.py": "# sleep\n", **files}
+    )
 
 
 def load_error(path: Path) -> str:
@@ -72,14 +60,14 @@ def test_loads_every_api_with_defaults_resolved(tmp_path: Path) -> None:
     ],
 )
 def test_spec_file_precedence_and_cortex_fallback(tmp_path: Path, present: list[str], chosen: str) -> None:
-    write(tmp_path, {"predictor.py": "", "sleep.py": ""} | dict.fromkeys(present, SPEC))
+    write_files(tmp_path, {"predictor.py": "", "sleep.py": ""} | dict.fromkeys(present, SPEC))
     loaded = load_project(tmp_path)
     assert loaded.spec_file.name == chosen
     assert Path(chosen) not in project_files(loaded.root, spec_file=loaded.spec_file)
 
 
 def test_path_may_name_the_yaml_file(tmp_path: Path) -> None:
-    write(tmp_path, {"app/api.yaml": SPEC, "app/predictor.py": "", "app/sleep.py": ""})
+    write_files(tmp_path, {"app/api.yaml": SPEC, "app/predictor.py": "", "app/sleep.py": ""})
     loaded = load_project(tmp_path / "app" / "api.yaml")
     assert loaded.root == (tmp_path / "app").absolute()
     assert loaded.spec_file.name == "api.yaml"
@@ -233,7 +221,7 @@ def test_cortex_0_20_project_loads_unchanged(tmp_path: Path) -> None:
   networking:
     local_port: 8888
 """
-    loaded = load_project(write(tmp_path, {"cortex.yaml": cortex, "predictor.py": ""}))
+    loaded = load_project(write_files(tmp_path, {"cortex.yaml": cortex, "predictor.py": ""}))
     spec = loaded.api("iris-classifier")
     assert spec.compute.mem == 200 * 2**20
     assert spec.monitoring is not None and spec.monitoring.model_type == "classification"
@@ -245,7 +233,7 @@ def test_cortex_0_20_project_loads_unchanged(tmp_path: Path) -> None:
 
 
 def test_project_files_skip_dotfiles_caches_and_the_spec(tmp_path: Path) -> None:
-    write(
+    write_files(
         tmp_path,
         {
             "modelport.yaml": SPEC,
@@ -311,13 +299,13 @@ FILES = [
     ],
 )
 def test_ignore_rules(tmp_path: Path, rules: str, excluded: list[str]) -> None:
-    write(tmp_path, {"modelport.yaml": SPEC, ".modelportignore": rules} | dict.fromkeys(FILES, "x"))
+    write_files(tmp_path, {"modelport.yaml": SPEC, ".modelportignore": rules} | dict.fromkeys(FILES, "x"))
     kept = {path.as_posix() for path in project_files(tmp_path, spec_file=tmp_path / "modelport.yaml")}
     assert kept == set(FILES) - set(excluded)
 
 
 def test_modelportignore_rules_come_after_cortexignore(tmp_path: Path) -> None:
-    write(
+    write_files(
         tmp_path,
         {"modelport.yaml": SPEC, ".cortexignore": "*.pkl\n*.log\n", ".modelportignore": "!model.pkl\n"}
         | dict.fromkeys(FILES, "x"),
@@ -336,7 +324,7 @@ def test_projects_over_512_mib_are_refused(tmp_path: Path) -> None:
         "weights.bin 513.0 MiB, sleep.py 0.0 MiB, predictor.py 0.0 MiB): list data sets and model weights in "
         ".modelportignore"
     )
-    write(tmp_path, {".modelportignore": "*.bin\n"})
+    write_files(tmp_path, {".modelportignore": "*.bin\n"})
     assert load_project(tmp_path).apis
 
 
@@ -358,20 +346,20 @@ def test_revision_is_stable_and_short(tmp_path: Path) -> None:
 def test_revision_follows_files_and_this_apis_spec_only(tmp_path: Path) -> None:
     before = revisions(project(tmp_path, **{".modelportignore": "scratch/\n"}))
 
-    write(tmp_path, {"scratch/notes.txt": "ignored", ".editorconfig": "dotfile", "x.pyc": "compiled"})
+    write_files(tmp_path, {"scratch/notes.txt": "ignored", ".editorconfig": "dotfile", "x.pyc": "compiled"})
     assert revisions(tmp_path) == before  # ignored and excluded files do not count
 
-    write(tmp_path, {"modelport.yaml": SPEC.replace("threshold: 0.5", "threshold: 0.7")})
+    write_files(tmp_path, {"modelport.yaml": SPEC.replace("threshold: 0.5", "threshold: 0.7")})
     changed_config = revisions(tmp_path)
     assert changed_config["iris"] != before["iris"]
     assert changed_config["sleep"] == before["sleep"]  # another API's spec changed, not this one's
 
-    write(tmp_path, {"sleep.py": "# sleep faster\n"})
+    write_files(tmp_path, {"sleep.py": "# sleep faster\n"})
     changed_file = revisions(tmp_path)
     assert changed_file["iris"] != changed_config["iris"]  # any project file changes every API's revision
     assert changed_file["sleep"] != changed_config["sleep"]
 
-    write(tmp_path, {"modelport.yaml": SPEC, "sleep.py": "# sleep\n"})
+    write_files(tmp_path, {"modelport.yaml": SPEC, "sleep.py": "# sleep\n"})
     assert revisions(tmp_path) == before  # back to the same inputs: back to the same revisions
 
 
@@ -383,5 +371,5 @@ def test_revision_ignores_spec_formatting_and_key_order(tmp_path: Path) -> None:
   name: iris   # same API, written differently
 - {name: sleep, kind: RealtimeAPI, predictor: {type: python, path: sleep.py}}
 """
-    write(tmp_path, {"modelport.yaml": reordered})
+    write_files(tmp_path, {"modelport.yaml": reordered})
     assert revisions(tmp_path) == before

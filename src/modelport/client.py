@@ -12,7 +12,9 @@ from __future__ import annotations
 
 import json
 import urllib.error
+import urllib.parse
 import urllib.request
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -69,20 +71,20 @@ class Client:
         return apis
 
     def get_api(self, name: str) -> dict[str, Any]:
-        result: dict[str, Any] = self._call("GET", f"/v1/apis/{name}")
+        result: dict[str, Any] = self._call("GET", f"/v1/apis/{_quote(name)}")
         return result
 
     def delete(self, name: str) -> None:
-        self._call("DELETE", f"/v1/apis/{name}")
+        self._call("DELETE", f"/v1/apis/{_quote(name)}")
 
     def refresh(self, name: str) -> None:
-        self._call("POST", f"/v1/apis/{name}/refresh")
+        self._call("POST", f"/v1/apis/{_quote(name)}/refresh")
 
     def read_logs(
         self, name: str, cursor: dict[str, int] | None = None
     ) -> tuple[list[dict[str, str]], dict[str, int]]:
         """New log lines of every replica of `name` since `cursor` (None: the recent part of each log)."""
-        result = self._call("POST", f"/v1/apis/{name}/logs", {"cursor": cursor or {}})
+        result = self._call("POST", f"/v1/apis/{_quote(name)}/logs", {"cursor": cursor or {}})
         return result["lines"], result["cursor"]
 
     def predict(
@@ -92,12 +94,13 @@ class Client:
         *,
         body: bytes | None = None,
         content_type: str = "application/json",
-        query: str = "",
+        query: str | Mapping[str, str] = "",
     ) -> Any:
         """POST to the API through the gateway. JSON answers are decoded; others returned as bytes/str."""
         endpoint = self.get_api(name)["endpoint"]
         data = body if body is not None else json.dumps(payload).encode()
-        url = endpoint + (f"?{query}" if query else "")
+        query_string = query if isinstance(query, str) else urllib.parse.urlencode(query)
+        url = endpoint + (f"?{query_string}" if query_string else "")
         request = urllib.request.Request(
             url, data=data, method="POST", headers={"Content-Type": content_type}
         )
@@ -134,6 +137,11 @@ class Client:
                 f"no modelport cluster answers at {self.settings.control_url} ({_reason(exc)}); start one "
                 "with `modelport cluster up`, or check MODELPORT_HOME / MODELPORT_CONTROL_PORT"
             ) from None
+
+
+def _quote(name: str) -> str:
+    # An API name is one path segment: "a/b", "a?b" or "a#b" must not reach another route or API.
+    return urllib.parse.quote(name, safe="")
 
 
 def _reason(exc: BaseException) -> str:

@@ -14,12 +14,13 @@ from typing import Any
 import orjson
 import pytest
 from starlette.background import BackgroundTask
+from starlette.datastructures import Headers, QueryParams
 from starlette.responses import PlainTextResponse
 
 from modelport.http.server import Request, Response
 from modelport.runtime.app import ReplicaApp
 from modelport.runtime.pool import PredictorPool
-from modelport.runtime.predictor import Predictor
+from modelport.runtime.predictor import PredictCall, Predictor
 from modelport.runtime.readiness import Readiness
 
 
@@ -70,14 +71,33 @@ def run(scenario: Scenario, *, serve: Predictor | None = None, threads: int = 1)
 
 
 class Echo:
+    """Returns what it was given, the query and the headers read the way many Cortex predictors read them."""
+
     def __init__(self) -> None:
         self.threads: list[str] = []
 
-    def predict(self, payload: Any, query_params: Any, headers: Any) -> Any:
+    def predict(self, payload: Any = None, query_params: Any = None, headers: Any = None) -> Any:
         self.threads.append(threading.current_thread().name)
         if isinstance(payload, bytes):
             payload = {"bytes": payload.decode()}
-        return {"payload": payload, "query_params": query_params, "headers": headers}
+        return {
+            "payload": payload,
+            "query_params": None if query_params is None else dict(query_params),
+            "headers": None if headers is None else dict(headers),
+        }
+
+
+class Capture:
+    """Keeps the query_params and headers objects it is given, for the test to inspect."""
+
+    def __init__(self) -> None:
+        self.query_params: list[Any] = []
+        self.headers: list[Any] = []
+
+    def predict(self, query_params: Any, headers: Any) -> Any:
+        self.query_params.append(query_params)
+        self.headers.append(headers)
+        return "ok"
 
 
 # routes, health and readiness
@@ -163,17 +183,158 @@ def test_predict_passes_payload_query_params_and_headers_on_a_predictor_thread()
         assert body(response) == {
             "payload": {"x": [1, 2]},
             "query_params": {"a": "1", "b": "two words"},
-            "headers": {
-                "content-type": "application/json",
-                "x-request-id": "req-7",
-                "x-tag": "a, b",
-            },
+            # dict() of Starlette's Headers keeps a repeated header's first value, as it did in Cortex.
+            "headers": {"content-type": "application/json", "x-request-id": "req-7", "x-tag": "a"},
         }
         raw = await app.handle(request("POST", "/", body=b"raw"))
         assert body(raw)["payload"] == {"bytes": "raw"}
 
     run(scenario, serve=predictor(echo, "payload", "query_params", "headers"))
     assert all(name.startswith("predictor") for name in echo.threads) and len(echo.threads) == 2
+
+
+def test_headers_are_starlette_headers_read_case_insensitively() -> None:
+    capture = Capture()
+    raw = [
+        (b"content-type", b"application/json"),
+        (b"x-foo", b"bar"),
+        (b"x-tag", b"a"),
+        (b"x-tag", b"b"),
+    ]
+
+    async def scenario(app: ReplicaApp, pool: PredictorPool, readiness: Readiness) -> None:
+        assert (await app.handle(request("POST", "/predict", headers=raw))).status == 200
+
+    run(scenario, serve=predictor(capture, "query_params", "headers"))
+    [headers] = capture.headers
+    assert isinstance(headers, Headers)
+    assert headers.get("X-Foo") == "bar" and headers["X-FOO"] == "bar"
+    assert headers["Content-Type"] == "application/json"
+    assert "X-Tag" in headers and "x-tag" in headers and "x-missing" not in headers
+    assert headers.getlist("X-Tag") == ["a", "b"] and headers["x-tag"] == "a"
+    assert headers.get("X-Missing") is None and headers.getlist("x-missing") == []
+    with pytest.raises(KeyError):
+        headers["X-Missing"]
+    assert headers.raw == raw  # the request's own names and values, in arrival order
+
+
+def test_query_params_are_a_multi_dict_decoded_as_utf8() -> None:
+    capture = Capture()
+    query = (
+        b"tag=a&tag=b&escaped=%C3%A9t%C3%A9&raw=K\xc3\xb6ln&plus=a+b&blank="
+        b"&bad=%FF&bad_raw=\xff&emoji=%F0%9F%98%80"
+    )
+
+    async def scenario(app: ReplicaApp, pool: PredictorPool, readiness: Readiness) -> None:
+        assert (await app.handle(request("POST", "/predict", query=query))).status == 200
+
+    run(scenario, serve=predictor(capture, "query_params", "headers"))
+    [query_params] = capture.query_params
+    assert isinstance(query_params, QueryParams)
+    assert query_params.getlist("tag") == ["a", "b"]
+    assert query_params["tag"] == "b"  # Starlette's single-value lookup keeps the last one
+    assert query_params["escaped"] == "été"  # percent-encoded UTF-8
+    assert query_params["raw"] == "Köln"  # unescaped UTF-8 bytes, as some clients send them
+    assert query_params["emoji"] == "\N{GRINNING FACE}"
+    assert (query_params["plus"], query_params["blank"]) == ("a b", "")
+    assert query_params["bad"] == query_params["bad_raw"] == "\ufffd"  # not UTF-8: replaced, not an error
+    assert "tag" in query_params and "missing" not in query_params
+    assert query_params.get("missing") is None and query_params.getlist("missing") == []
+    assert list(query_params.keys()) == ["tag", "escaped", "raw", "plus", "blank", "bad", "bad_raw", "emoji"]
+
+
+def test_predictors_that_treat_query_params_and_headers_as_dicts_keep_working() -> None:
+    class DictStyle:
+        def predict(self, query_params: Any, headers: Any) -> Any:
+            return {
+                "as_dict": dict(query_params),
+                "sleep": float(query_params.get("sleep", 0)),  # examples/sleep reads it this way
+                "default": query_params.get("missing", "none"),
+                "items": sorted(query_params.items()),
+                "keys": sorted(query_params),
+                "length": len(query_params),
+                "has_user": "x-user" in headers,
+                "user": headers.get("x-user"),
+                "agent": headers["user-agent"],
+                "header_names": sorted(headers.keys()),
+                "headers": dict(headers),
+            }
+
+    async def scenario(app: ReplicaApp, pool: PredictorPool, readiness: Readiness) -> None:
+        response = await app.handle(
+            request(
+                "POST",
+                "/predict",
+                query=b"sleep=0.5&model=v2",
+                headers=[(b"x-user", b"ann"), (b"user-agent", b"curl/8")],
+            )
+        )
+        assert response.status == 200
+        assert body(response) == {
+            "as_dict": {"sleep": "0.5", "model": "v2"},
+            "sleep": 0.5,
+            "default": "none",
+            "items": [["model", "v2"], ["sleep", "0.5"]],
+            "keys": ["model", "sleep"],
+            "length": 2,
+            "has_user": True,
+            "user": "ann",
+            "agent": "curl/8",
+            "header_names": ["user-agent", "x-user"],
+            "headers": {"x-user": "ann", "user-agent": "curl/8"},
+        }
+
+    run(scenario, serve=predictor(DictStyle(), "query_params", "headers"))
+
+
+def test_query_params_and_headers_are_built_only_when_declared() -> None:
+    calls: list[PredictCall] = []
+
+    class Recording(Predictor):
+        def predict(self, call: PredictCall) -> object:
+            calls.append(call)
+            return super().predict(call)
+
+    class PayloadOnly:
+        def predict(self, payload: Any) -> Any:
+            return "ok"
+
+    async def scenario(app: ReplicaApp, pool: PredictorPool, readiness: Readiness) -> None:
+        response = await app.handle(request("POST", "/predict", query=b"a=1", headers=[(b"x-a", b"1")]))
+        assert response.status == 200
+
+    run(
+        scenario,
+        serve=Recording(
+            instance=PayloadOnly(), predict_parameters=frozenset({"payload"}), post_predict_parameters=None
+        ),
+    )
+    [call] = calls
+    assert (call.query_params, call.headers) == (None, None)
+
+
+def test_post_predict_gets_query_params_and_headers_that_only_it_declares() -> None:
+    seen: list[tuple[Any, Any]] = []
+
+    class PostOnly:
+        def predict(self) -> Any:
+            return "ok"
+
+        def post_predict(self, query_params: Any, headers: Any) -> None:
+            seen.append((query_params, headers))
+
+    async def scenario(app: ReplicaApp, pool: PredictorPool, readiness: Readiness) -> None:
+        response = await app.handle(
+            request("POST", "/predict", query=b"v=1&v=2", headers=[(b"x-trace", b"t1")])
+        )
+        assert response.after_send is not None
+        response.after_send()
+        assert await pool.wait_idle(5)
+
+    run(scenario, serve=predictor(PostOnly(), post_predict=("query_params", "headers")))
+    [(query_params, headers)] = seen
+    assert isinstance(query_params, QueryParams) and query_params.getlist("v") == ["1", "2"]
+    assert isinstance(headers, Headers) and headers["X-Trace"] == "t1"
 
 
 def test_a_new_request_id_is_made_when_none_is_given() -> None:

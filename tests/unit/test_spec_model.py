@@ -131,10 +131,10 @@ def test_constructing_in_python_resolves_the_same_defaults() -> None:
         name="a",
         kind=ApiKind.REALTIME,
         predictor=PredictorSpec(type="python", path="p.py", processes_per_replica=2, threads_per_process=3),
-        autoscaling=AutoscalingSpec(min_replicas=0),
+        autoscaling=AutoscalingSpec(min_replicas=2),
     )
     assert spec.autoscaling.target_replica_concurrency == 6.0
-    assert spec.autoscaling.init_replicas == 0
+    assert spec.autoscaling.init_replicas == 2
     assert spec.networking == NetworkingSpec(endpoint="/a")
 
 
@@ -166,11 +166,16 @@ OK = None
         ("compute", {"gpu": 0.5}, "compute.gpu: expected an integer, got 0.5"),
         ("compute", {"inf": 2}, OK),
         ("compute", {"mem": 0}, "compute.mem: must be > 0 bytes (e.g. 512Mi), got 0"),
-        ("autoscaling", {"min_replicas": 0}, OK),
+        (
+            "autoscaling",
+            {"min_replicas": 0},
+            "autoscaling.min_replicas: scale to zero (min_replicas: 0) is not supported yet by this version; "
+            "use min_replicas >= 1",
+        ),
         ("autoscaling", {"min_replicas": -1}, "autoscaling.min_replicas: must be >= 0, got -1"),
         (
             "autoscaling",
-            {"max_replicas": 0, "min_replicas": 0},
+            {"max_replicas": 0, "min_replicas": 1},
             "autoscaling.max_replicas: must be > 0, got 0",
         ),
         ("autoscaling", {"min_replicas": 2, "max_replicas": 2}, OK),
@@ -509,7 +514,7 @@ FULL = entry(
         "image": "cortexlabs/python-predictor-cpu:0.20.0",
     },
     compute={"cpu": "1500m", "gpu": 1, "mem": "1Gi"},
-    autoscaling={"min_replicas": 0, "window": "1m30s", "downscale_stabilization_period": "250ms"},
+    autoscaling={"min_replicas": 1, "window": "1m30s", "downscale_stabilization_period": "250ms"},
     update_strategy={"max_surge": 1, "max_unavailable": "10%"},
     networking={"api_gateway": "none", "local_port": 8888},
     monitoring={"model_type": "classification", "key": "label"},

@@ -14,7 +14,8 @@ import signal
 import socket
 import subprocess
 import sys
-from collections.abc import Callable, Sequence
+import time
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -339,26 +340,47 @@ class LocalBackend:
         _signal_group(replica, signal.SIGKILL)
 
 
-def kill_stale_replica(pid: int, replica_id: str) -> bool:
-    """SIGKILL a replica left behind by a daemon that died; True when it was found and killed.
+def kill_stale_replicas(replicas: Iterable[tuple[int, str]]) -> list[str]:
+    """SIGKILL replicas left behind by a daemon that died, given (pid, replica id) pairs from the state store.
 
-    The pid comes from the state store and may since have been reused: kill only a process whose command
-    line names this replica id. Waits (up to 2 s) until it is gone so that its port is free again.
+    Returns the ids of those found and killed. A pid may since have been reused: only a process whose
+    command line names its replica id is killed. Kills all first, then waits (up to 2 s in all) until they
+    are gone, so their ports are free again; a zombie that nobody reaps counts as gone.
     """
-    if pid <= 1 or pid == os.getpid():
-        return False
+    killed: list[tuple[psutil.Process, str]] = []
+    for pid, replica_id in replicas:
+        if pid <= 1 or pid == os.getpid():
+            continue
+        try:
+            process = psutil.Process(pid)
+            if replica_id not in process.cmdline():
+                continue
+            if os.getpgid(pid) == pid:
+                os.killpg(pid, signal.SIGKILL)  # it leads its own group (start_new_session): workers too
+            else:
+                process.kill()
+        except (psutil.Error, ProcessLookupError, PermissionError):
+            continue
+        killed.append((process, replica_id))
+    deadline = time.monotonic() + 2.0
+    pending = [process for process, _ in killed]
+    while pending and time.monotonic() < deadline:
+        pending = [p for p in pending if _still_running(p)]
+        if pending:
+            time.sleep(0.02)
+    return [replica_id for _, replica_id in killed]
+
+
+def kill_stale_replica(pid: int, replica_id: str) -> bool:
+    """`kill_stale_replicas` for one replica; True when it was found and killed."""
+    return bool(kill_stale_replicas([(pid, replica_id)]))
+
+
+def _still_running(process: psutil.Process) -> bool:
     try:
-        process = psutil.Process(pid)
-        if replica_id not in process.cmdline():
-            return False
-        if os.getpgid(pid) == pid:
-            os.killpg(pid, signal.SIGKILL)  # it leads its own group (start_new_session): take its workers too
-        else:
-            process.kill()
-    except (psutil.Error, ProcessLookupError, PermissionError):
+        return process.status() != psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
         return False
-    psutil.wait_procs([process], timeout=2.0)
-    return True
 
 
 def _signal_group(replica: _Replica, signum: signal.Signals) -> None:

@@ -31,9 +31,8 @@ OUTPUT_OPTION = click.option(
     "-o",
     "--output",
     type=click.Choice(["pretty", "json"]),
-    default="pretty",
-    show_default=True,
-    help="pretty tables for people, json for programs",
+    default=None,
+    help="pretty tables for people (default), json for programs",
 )
 
 
@@ -54,6 +53,10 @@ def _fail_cleanly(func: Callable[..., R]) -> Callable[..., R]:
         except ModelportError as exc:
             output.error(str(exc))
             sys.exit(EXIT_FAILURE)
+        except OSError as exc:  # e.g. a home folder that cannot be created
+            where = f" ({exc.filename})" if exc.filename else ""
+            output.error(f"{exc.strerror or exc}{where}")
+            sys.exit(EXIT_FAILURE)
         except KeyboardInterrupt:
             sys.exit(130)
 
@@ -66,17 +69,78 @@ class Context:
     env: str
 
     def client(self) -> Client:
-        return Client(self.settings)
+        """A client of the running cluster of this home (ClusterNotRunningError when none answers)."""
+        client = Client(self.settings)
+        _check_home(self.settings, client.health())
+        return client
 
     def running_client(self) -> Client:
         """A client of a running cluster, starting the cluster first when none answers."""
-        client = self.client()
-        if not client.is_running():
+        client = Client(self.settings)
+        try:
+            _check_home(self.settings, client.health())
+        except ClusterNotRunningError:
             _start_cluster(self.settings, quiet=False)
         return client
 
 
+def _check_home(settings: Settings, health: dict[str, Any]) -> None:
+    """Refuse to act on another home's cluster that happens to listen on our control port."""
+    home = health.get("home")
+    if home is not None and Path(home) != settings.home:
+        raise ModelportError(
+            f"the cluster answering on {settings.control_url} belongs to {home}, not to {settings.home}: "
+            "choose this home's control port with --control-port or MODELPORT_CONTROL_PORT"
+        )
+
+
 pass_context = click.make_pass_decorator(Context)
+
+
+def _cluster_options(func: Callable[..., R]) -> Callable[..., R]:
+    """--home/--gateway-port/--control-port: on the root command and again on `cluster up`."""
+    options = [
+        click.option(
+            "--home",
+            type=click.Path(file_okay=False, path_type=Path),
+            default=None,
+            help="state folder of the local cluster [env MODELPORT_HOME; default ~/.modelport]",
+        ),
+        click.option(
+            "--gateway-port",
+            type=click.IntRange(1, 65535),
+            default=None,
+            help="port of the prediction gateway [env MODELPORT_GATEWAY_PORT; default 8888]",
+        ),
+        click.option(
+            "--control-port",
+            type=click.IntRange(1, 65535),
+            default=None,
+            help="port of the control API [env MODELPORT_CONTROL_PORT; default 8889]",
+        ),
+    ]
+    for option in reversed(options):
+        func = option(func)
+    return func
+
+
+def _with_overrides(
+    settings: Settings, *, home: Path | None, gateway_port: int | None, control_port: int | None
+) -> Settings:
+    overrides: dict[str, Any] = {}
+    if home is not None:
+        overrides["home"] = home.expanduser().absolute()
+    if gateway_port is not None:
+        overrides["gateway_port"] = gateway_port
+    if control_port is not None:
+        overrides["control_port"] = control_port
+    updated = dataclasses.replace(settings, **overrides)
+    if updated.gateway_port == updated.control_port:
+        raise UserInputError(
+            f"the gateway and the control API cannot share port {updated.gateway_port}: "
+            "choose different --gateway-port and --control-port"
+        )
+    return updated
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 110})
@@ -88,27 +152,17 @@ pass_context = click.make_pass_decorator(Context)
     show_default=True,
     help="environment to act on (only 'local', the embedded cluster, exists for now)",
 )
-@click.option(
-    "--home",
-    type=click.Path(file_okay=False, path_type=Path),
-    default=None,
-    help="state folder of the local cluster [env MODELPORT_HOME; default ~/.modelport]",
-)
-@click.option(
-    "--gateway-port",
-    type=click.IntRange(1, 65535),
-    default=None,
-    help="port of the prediction gateway [env MODELPORT_GATEWAY_PORT; default 8888]",
-)
-@click.option(
-    "--control-port",
-    type=click.IntRange(1, 65535),
-    default=None,
-    help="port of the control API [env MODELPORT_CONTROL_PORT; default 8889]",
-)
+@_cluster_options
+@OUTPUT_OPTION
 @click.pass_context
 def cli(
-    ctx: click.Context, env: str, home: Path | None, gateway_port: int | None, control_port: int | None
+    ctx: click.Context,
+    /,
+    env: str,
+    home: Path | None,
+    gateway_port: int | None,
+    control_port: int | None,
+    **_: Any,
 ) -> None:
     """Deploy Python predictors as autoscaled, monitored web APIs."""
     try:
@@ -122,14 +176,12 @@ def cli(
             "(the embedded cluster on this machine)"
         )
         sys.exit(EXIT_BAD_INPUT)
-    overrides: dict[str, Any] = {}
-    if home is not None:
-        overrides["home"] = home.expanduser().absolute()
-    if gateway_port is not None:
-        overrides["gateway_port"] = gateway_port
-    if control_port is not None:
-        overrides["control_port"] = control_port
-    ctx.obj = Context(settings=dataclasses.replace(settings, **overrides), env=env)
+    try:
+        settings = _with_overrides(settings, home=home, gateway_port=gateway_port, control_port=control_port)
+    except UserInputError as exc:
+        output.error(str(exc))
+        sys.exit(EXIT_BAD_INPUT)
+    ctx.obj = Context(settings=settings, env=env)
 
 
 # cluster -------------------------------------------------------------------------------------------------
@@ -154,14 +206,21 @@ def _start_cluster(settings: Settings, *, quiet: bool) -> None:
 
 
 @cluster.command("up")
+@_cluster_options
 @pass_context
 @_fail_cleanly
-def cluster_up(ctx: Context) -> None:
+def cluster_up(ctx: Context, home: Path | None, gateway_port: int | None, control_port: int | None) -> None:
     """Start the local cluster in the background (deploy does this when needed)."""
-    if ctx.client().is_running():
-        output.stderr.print(f"the local cluster is already running (gateway {ctx.settings.gateway_url})")
+    ctx.settings = _with_overrides(
+        ctx.settings, home=home, gateway_port=gateway_port, control_port=control_port
+    )
+    try:
+        health = Client(ctx.settings).health()
+    except ClusterNotRunningError:
+        _start_cluster(ctx.settings, quiet=False)
         return
-    _start_cluster(ctx.settings, quiet=False)
+    _check_home(ctx.settings, health)
+    output.stderr.print(f"the local cluster is already running (gateway {health['gateway_url']})")
 
 
 @cluster.command("down")
@@ -169,16 +228,29 @@ def cluster_up(ctx: Context) -> None:
 @_fail_cleanly
 def cluster_down(ctx: Context) -> None:
     """Stop the local cluster and every replica it started."""
-    from modelport.cluster.daemon import force_stop, read_daemon_info, wait_for_exit
+    from modelport.cluster.daemon import (
+        force_stop,
+        read_daemon_info,
+        reap_after_crash,
+        wait_for_exit,
+    )
 
-    client = ctx.client()
     info = read_daemon_info(ctx.settings)
     try:
-        client.shutdown()
+        ctx.client().shutdown()
     except ClusterNotRunningError:
-        if info is None or not wait_for_exit(info.pid, timeout=0):
-            output.stderr.print("the local cluster is not running")
+        if info is None or wait_for_exit(info.pid, timeout=0):
+            # No daemon: make sure a crashed one left nothing running.
+            leftovers = reap_after_crash(ctx.settings)
+            if leftovers:
+                output.stderr.print(
+                    f"the local cluster was not running; stopped {len(leftovers)} replica(s) "
+                    "a crashed cluster left behind"
+                )
+            else:
+                output.stderr.print("the local cluster is not running")
             return
+        raise
     output.stderr.print("stopping the local cluster (draining in-flight requests) ...")
     if info is not None and not wait_for_exit(info.pid, timeout=90):
         output.error(f"the cluster (pid {info.pid}) did not stop within 90 s; killing it")
@@ -227,7 +299,7 @@ def deploy(ctx: Context, path: Path, wait: bool, timeout: float, **_: Any) -> No
     client = ctx.running_client()
     results = client.deploy(path)
     if _wants_json() and not wait:
-        output.print_json(results)
+        output.print_json({"results": results})
         return
     for result in results:
         verb = {"created": "creating", "updated": "updating"}.get(result["action"])
@@ -238,10 +310,15 @@ def deploy(ctx: Context, path: Path, wait: bool, timeout: float, **_: Any) -> No
         )
         output.stderr.print(line)
     if wait:
-        final = _wait_until_settled(client, [r["api"] for r in results], timeout=timeout)
+        final, settled = _wait_until_settled(client, [r["api"] for r in results], timeout=timeout)
         if _wants_json():
-            output.print_json(final)
-        if any(api["status"] != "live" for api in final):
+            output.print_json({"results": results, "apis": final})
+        failed = [api for api in final if api["status"] != "live"]
+        if failed:
+            if not settled:
+                output.error(f"not live after {timeout:.0f} s: {', '.join(a['name'] for a in failed)}")
+            for api in failed:
+                output.stderr.print(f"see `modelport logs {api['name']}`")
             sys.exit(EXIT_FAILURE)
         return
     if results:
@@ -251,23 +328,24 @@ def deploy(ctx: Context, path: Path, wait: bool, timeout: float, **_: Any) -> No
         )
 
 
-def _wait_until_settled(client: Client, names: list[str], *, timeout: float) -> list[dict[str, Any]]:
+def _wait_until_settled(
+    client: Client, names: list[str], *, timeout: float
+) -> tuple[list[dict[str, Any]], bool]:
+    """Poll until no API is still updating (or the timeout); print each API's final state once.
+
+    Returns the APIs' last views and whether they all settled in time.
+    """
     deadline = time.monotonic() + timeout
     while True:
         apis = [client.get_api(name) for name in names]
-        pending = [a for a in apis if a["status"] not in ("live", "error", "compute unavailable")]
-        if not pending:
+        settled = all(a["status"] in ("live", "error", "compute unavailable") for a in apis)
+        if settled or time.monotonic() > deadline:
             for api in apis:
                 message = f"{api['name']} is {api['status']}"
                 if api.get("reason"):
                     message += f": {api['reason']}"
                 output.stderr.print(message)
-            return apis
-        if time.monotonic() > deadline:
-            raise ModelportError(
-                f"{', '.join(a['name'] for a in pending)} not live after {timeout:.0f} s "
-                f"(status {pending[0]['status']}); see `modelport logs {pending[0]['name']}`"
-            )
+            return apis, settled
         time.sleep(0.2)
 
 
@@ -396,7 +474,8 @@ def replica(args: tuple[str, ...]) -> None:
 
 def _wants_json() -> bool:
     ctx = click.get_current_context()
-    return bool(ctx.params.get("output") == "json")
+    chosen = ctx.params.get("output") or ctx.find_root().params.get("output")
+    return bool(chosen == "json")
 
 
 def main() -> None:

@@ -7,6 +7,7 @@ reading, so the tables are testable without a cluster.
 from __future__ import annotations
 
 import json
+import shutil
 import sys
 from collections.abc import Sequence
 from typing import Any
@@ -17,7 +18,12 @@ from rich.table import Table
 from rich.text import Text
 
 # Tables are never cut: piped output gets a wide virtual terminal instead of rich's default 80 columns.
-stdout = Console(highlight=False, soft_wrap=True, width=None if sys.stdout.isatty() else 250)
+# A terminal narrower than the widest table wraps lines rather than cutting numbers.
+stdout = Console(
+    highlight=False,
+    soft_wrap=True,
+    width=max(shutil.get_terminal_size().columns, 120) if sys.stdout.isatty() else 250,
+)
 stderr = Console(stderr=True, highlight=False, soft_wrap=True)
 
 

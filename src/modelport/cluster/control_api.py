@@ -13,6 +13,7 @@ import re
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
+from urllib.parse import unquote
 
 import orjson
 
@@ -72,7 +73,8 @@ class ControlApi:
             if method != request.method:
                 continue
             try:
-                return await handler(request, match.groupdict())
+                params = {key: unquote(value) for key, value in match.groupdict().items()}
+                return await handler(request, params)
             except SpecError as exc:
                 return json_response(
                     400,

@@ -25,7 +25,7 @@ from typing import IO
 import uvloop
 
 from modelport.backends.local import REPLICA_DRAIN_SECONDS as REPLICA_GRACE_SECONDS
-from modelport.backends.local import LocalBackend, kill_stale_replica
+from modelport.backends.local import LocalBackend, kill_stale_replicas
 from modelport.clock import SystemClock
 from modelport.cluster.control_api import ControlApi
 from modelport.controller.loop import Controller
@@ -79,6 +79,37 @@ def _lock_home(settings: Settings) -> IO[str]:
     return handle
 
 
+def _reap_leftovers(store: SqliteStateStore) -> list[str]:
+    """Kill the replicas a daemon that died left running (recorded in the store) and forget them."""
+    leftovers = store.load_replicas()
+    killed = kill_stale_replicas((r.pid, r.replica_id) for r in leftovers if r.pid is not None)
+    for replica in leftovers:
+        store.forget_replica(replica.replica_id)
+    if killed:
+        log.info("stopped %d replica(s) left by a previous daemon: %s", len(killed), ", ".join(killed))
+    return killed
+
+
+def reap_after_crash(settings: Settings) -> list[str]:
+    """For `cluster down` when no daemon answers: stop what a crashed daemon left behind.
+
+    Takes the home's lock, so it never races a daemon that is starting; raises DaemonAlreadyRunning if one
+    holds it.
+    """
+    if not settings.database_path.exists():
+        return []
+    lock = _lock_home(settings)
+    try:
+        store = SqliteStateStore(settings.database_path)
+        try:
+            return _reap_leftovers(store)
+        finally:
+            store.close()
+            settings.daemon_pid_path.unlink(missing_ok=True)
+    finally:
+        lock.close()
+
+
 async def run_daemon(settings: Settings) -> int:
     """Run the local cluster in the foreground until SIGTERM/SIGINT or a shutdown request."""
     lock = _lock_home(settings)
@@ -86,10 +117,7 @@ async def run_daemon(settings: Settings) -> int:
     store = SqliteStateStore(settings.database_path)
     stop = asyncio.Event()
     try:
-        for stale in store.load_replicas():
-            if stale.pid is not None and kill_stale_replica(stale.pid, stale.replica_id):
-                log.info("stopped replica %s left by a previous daemon (pid %s)", stale.replica_id, stale.pid)
-            store.forget_replica(stale.replica_id)
+        _reap_leftovers(store)
 
         backend = LocalBackend(logs_dir=settings.logs_dir, clock=clock)
         gateway = Gateway(clock=clock)

@@ -14,6 +14,7 @@ from collections.abc import Awaitable, Callable, Sequence
 from functools import partial
 
 import starlette.responses
+from starlette.datastructures import Headers, QueryParams
 
 from modelport.http.server import Request, Response, json_response
 from modelport.runtime.payload import PayloadError, close_payload, parse_payload
@@ -103,10 +104,12 @@ class ReplicaApp:
                 payload = await parse_payload(request.body, request.headers)
             except PayloadError as exc:
                 return json_response(400, {"error": str(exc), "request_id": request_id}, headers=id_header)
+        # What Cortex passed (Starlette's request.query_params and request.headers), built only when declared.
+        # Headers wraps the request's list without a copy: HttpServer makes a new one for each request.
         call = PredictCall(
             payload=payload,
-            query_params=request.query_params() if predictor.wants("query_params") else None,
-            headers=_header_dict(request.headers) if predictor.wants("headers") else None,
+            query_params=_query_params(request.query_string) if predictor.wants("query_params") else None,
+            headers=Headers(raw=request.headers) if predictor.wants("headers") else None,
         )
         return await self._pool.run(
             partial(self._invoke, predictor, call, request_id=request_id, id_header=id_header)
@@ -167,13 +170,13 @@ def _request_id(request: Request) -> str:
     return uuid.uuid4().hex
 
 
-def _header_dict(raw: Sequence[tuple[bytes, bytes]]) -> dict[str, str]:
-    """Lowercase names -> values; a repeated header's values are joined with ", " (RFC 9110 5.3)."""
-    headers: dict[str, str] = {}
-    for name, value in raw:
-        key, text = name.decode("latin-1"), value.decode("latin-1")
-        headers[key] = f"{headers[key]}, {text}" if key in headers else text
-    return headers
+def _query_params(query_string: bytes) -> QueryParams:
+    """The query as a multi-dict, percent-escapes and raw bytes alike read as UTF-8.
+
+    Starlette's `QueryParams(bytes)` reads raw bytes as latin-1, which garbles a value a client sent
+    unescaped; undecodable bytes become U+FFFD, as `parse_qsl` does for bad percent-escapes.
+    """
+    return QueryParams(query_string.decode("utf-8", errors="replace"))
 
 
 def _internal_error(request_id: str, id_header: Sequence[tuple[bytes, bytes]]) -> Response:

@@ -33,6 +33,8 @@ class PredictCall:
     """What one request gives the predictor; fields the predictor does not declare are left empty."""
 
     payload: object = None
+    # runtime.app passes Starlette's QueryParams and Headers (multi-valued, `getlist`; header names
+    # case-insensitive), as Cortex did; typed as the Mapping they both are, so this stays HTTP-agnostic.
     query_params: Mapping[str, str] | None = None
     headers: Mapping[str, str] | None = None
 

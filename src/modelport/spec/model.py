@@ -148,7 +148,8 @@ class ComputeSpec(_Spec):
 
 
 class AutoscalingSpec(_Spec):
-    min_replicas: Int = Field(default=1, ge=0)  # 0 = scale to zero (beyond Cortex 0.20)
+    # 0 (scale to zero) parses, but is refused until the autoscaler can wake an API on a request.
+    min_replicas: Int = Field(default=1, ge=0)
     max_replicas: Int = Field(default=100, gt=0)
     init_replicas: Int = Field(default=None, validate_default=True)  # resolved to min_replicas when unset
     # Resolved by ApiSpec to processes_per_replica * threads_per_process when unset (1 * 1 here).
@@ -161,6 +162,15 @@ class AutoscalingSpec(_Spec):
     max_upscale_factor: Float = Field(default=1.5, gt=1)
     downscale_tolerance: Float = Field(default=0.05, ge=0, lt=1)
     upscale_tolerance: Float = Field(default=0.05, ge=0, lt=1)
+
+    @field_validator("min_replicas")
+    @classmethod
+    def _no_scale_to_zero_yet(cls, value: int) -> int:
+        if value == 0:
+            raise spec_error(
+                "scale to zero (min_replicas: 0) is not supported yet by this version; use min_replicas >= 1"
+            )
+        return value
 
     @field_validator("max_replicas")
     @classmethod

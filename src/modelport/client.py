@@ -43,6 +43,7 @@ class Client:
     def __init__(self, settings: Settings | None = None, *, timeout: float = 60.0) -> None:
         self.settings = settings or Settings.from_env()
         self.timeout = timeout
+        self.last_warnings: list[str] = []  # from the last deploy
 
     # cluster
     def health(self) -> dict[str, Any]:
@@ -61,9 +62,14 @@ class Client:
 
     # APIs
     def deploy(self, path: str | Path = ".") -> list[dict[str, str]]:
-        """Create or update every API of the project at `path`; one {api, kind, action} per API."""
+        """Create or update every API of the project at `path`; one {api, kind, action} per API.
+
+        Warnings about the project (e.g. unmet requirements.txt) are in `last_warnings` afterwards.
+        """
         absolute = str(Path(path).expanduser().absolute())
-        results: list[dict[str, str]] = self._call("POST", "/v1/deploy", {"path": absolute})["results"]
+        answer = self._call("POST", "/v1/deploy", {"path": absolute})
+        self.last_warnings = list(answer.get("warnings", []))
+        results: list[dict[str, str]] = answer["results"]
         return results
 
     def list_apis(self) -> list[dict[str, Any]]:

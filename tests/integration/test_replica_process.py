@@ -54,7 +54,7 @@ class Replica:
     def raw_request(
         self, target: bytes, *, headers: list[tuple[bytes, bytes]], body: bytes = b""
     ) -> HttpReply:
-        """A POST written byte for byte: repeated headers, names in any case (http.client takes a dict)."""
+        """A POST written byte for byte: repeated headers, names in any case (`request` takes a dict)."""
         lines = [b"POST " + target + b" HTTP/1.1", b"host: 127.0.0.1", b"connection: close"]
         lines += [name + b": " + value for name, value in headers]
         lines.append(b"content-length: %d" % len(body))

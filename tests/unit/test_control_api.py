@@ -162,7 +162,7 @@ def test_shutdown_calls_the_callback_and_answers_202(harness: Harness) -> None:
 
 def test_deploy_creates_then_is_unchanged_then_updates(harness: Harness, project: Path) -> None:
     assert harness.deploy(project) == Reply(
-        200, {"results": [{"api": "iris", "kind": "RealtimeAPI", "action": "created"}]}
+        200, {"results": [{"api": "iris", "kind": "RealtimeAPI", "action": "created"}], "warnings": []}
     )
     assert harness.deploy(project).body["results"][0]["action"] == "unchanged"
     (project / "modelport.yaml").write_text(SPEC.replace("threshold: 0.5", "threshold: 0.9"))

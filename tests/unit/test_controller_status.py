@@ -28,6 +28,14 @@ def counts(requested: int, up_to_date: int, *, current_live: int | None = None) 
     return ReplicaCounts(requested=requested, up_to_date=up_to_date, stale=0, current_live=live)
 
 
+def updating(ready: int, requested: int, starting: int) -> StatusReport:
+    return StatusReport(
+        ApiStatus.UPDATING,
+        f"{ready} of {requested} replicas ready, {starting} starting: "
+        "`modelport logs iris` shows their progress",
+    )
+
+
 CRASH_REASON = "the predictor failed to start (exit code 3) 3 times: see `modelport logs iris`"
 
 CASES = [
@@ -42,7 +50,7 @@ CASES = [
         NO_FIT,
         StatusReport(ApiStatus.ERROR, CRASH_REASON),
     ),
-    ("below the threshold", counts(2, 0), 1, crashed(2), None, StatusReport(ApiStatus.UPDATING)),
+    ("below the threshold", counts(2, 0), 1, crashed(2), None, updating(0, 2, 0)),
     ("crashing with one ready", counts(2, 1), 1, crashed(4), None, StatusReport(ApiStatus.LIVE)),
     (
         "compute unavailable",
@@ -58,19 +66,19 @@ CASES = [
         1,
         RestartBackoff(),
         NO_FIT,
-        StatusReport(ApiStatus.UPDATING),
+        updating(0, 2, 1),
     ),
     ("at least min_replicas ready", counts(3, 1), 1, RestartBackoff(), None, StatusReport(ApiStatus.LIVE)),
-    ("below min_replicas", counts(3, 1), 2, RestartBackoff(), None, StatusReport(ApiStatus.UPDATING)),
+    ("below min_replicas", counts(3, 1), 2, RestartBackoff(), None, updating(1, 3, 0)),
     (
         "nothing ready yet",
         counts(2, 0, current_live=2),
         1,
         RestartBackoff(),
         None,
-        StatusReport(ApiStatus.UPDATING),
+        updating(0, 2, 2),
     ),
-    ("zero requested", counts(0, 0), 0, RestartBackoff(), None, StatusReport(ApiStatus.UPDATING)),
+    ("zero requested", counts(0, 0), 0, RestartBackoff(), None, updating(0, 0, 0)),
 ]
 
 
@@ -118,4 +126,29 @@ def test_count_replicas() -> None:
     ]
     assert count_replicas(observed, target=TARGET, requested=3) == ReplicaCounts(
         requested=3, up_to_date=1, stale=2, current_live=2
+    )
+
+
+def test_a_rolling_update_says_the_previous_revision_serves() -> None:
+    during = ReplicaCounts(requested=2, up_to_date=1, stale=1, current_live=2)
+    report = derive_status(
+        during,
+        api_name=ApiName("iris"),
+        min_replicas=2,
+        backoff=RestartBackoff(),
+        policy=POLICY,
+        compute=None,
+    )
+    assert report.status is ApiStatus.UPDATING
+    assert report.reason is not None
+    assert (
+        "1 of 2 replicas ready, 1 starting; the previous revision serves meanwhile (1 ready" in report.reason
+    )
+
+    broken = ReplicaCounts(requested=2, up_to_date=0, stale=2, current_live=0)
+    report = derive_status(
+        broken, api_name=ApiName("iris"), min_replicas=2, backoff=crashed(3), policy=POLICY, compute=None
+    )
+    assert report == StatusReport(
+        ApiStatus.ERROR, CRASH_REASON + "; the previous revision still serves (2 ready replicas)"
     )

@@ -6,7 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from modelport.cluster.snapshot import Snapshot, prepare, snapshot_project, write_spec
+from modelport.cluster.snapshot import Snapshot, prepare, prune, snapshot_project, write_spec
+from modelport.controller.ports import DesiredApi
 from modelport.errors import UserInputError
 from modelport.spec.load import Project, load_project
 from modelport.spec.model import ApiSpec
@@ -126,3 +127,28 @@ def test_prepare_gives_the_snapshot_and_the_revision_spec(tmp_path: Path) -> Non
     )
     assert (snapshot.project_dir / spec.predictor.path).is_file()
     assert ApiSpec.model_validate_json(snapshot.spec_path.read_text()) == spec
+
+
+def test_prune_keeps_what_deployed_apis_use_and_removes_the_rest(tmp_path: Path) -> None:
+    snapshots, specs = tmp_path / "snapshots", tmp_path / "specs"
+    root = tmp_path / "project"
+    old_project = make_project(root)
+    old = prepare(old_project, old_project.api("iris"), snapshots_dir=snapshots, specs_dir=specs)
+    write_files(root, {"predictor.py": "class PythonPredictor: pass  # v2\n"})
+    new_project = load_project(root)
+    new = prepare(new_project, new_project.api("iris"), snapshots_dir=snapshots, specs_dir=specs)
+    (snapshots / ".staging-crashed").mkdir()  # a deploy interrupted by a crash
+    deployed = DesiredApi(
+        spec=new_project.api("iris"),
+        revision=new_project.revision("iris"),
+        project_dir=new.project_dir,
+        spec_path=new.spec_path,
+        deployed_at=0.0,
+    )
+
+    removed = prune(keep=[deployed], snapshots_dir=snapshots, specs_dir=specs)
+
+    assert set(removed) == {old.project_dir, old.spec_path, snapshots / ".staging-crashed"}
+    assert sorted(snapshots.iterdir()) == [new.project_dir]
+    assert list(specs.glob("*/*.json")) == [new.spec_path]
+    assert prune(keep=[], snapshots_dir=tmp_path / "none", specs_dir=tmp_path / "none") == []

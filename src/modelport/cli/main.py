@@ -298,8 +298,10 @@ def deploy(ctx: Context, path: Path, wait: bool, timeout: float, **_: Any) -> No
     load_project(path)  # bad specs fail here, before any cluster is touched (exit 2)
     client = ctx.running_client()
     results = client.deploy(path)
+    for warning in client.last_warnings:
+        output.warning(warning)
     if _wants_json() and not wait:
-        output.print_json({"results": results})
+        output.print_json({"results": results, "warnings": client.last_warnings})
         return
     for result in results:
         verb = {"created": "creating", "updated": "updating"}.get(result["action"])
@@ -312,7 +314,7 @@ def deploy(ctx: Context, path: Path, wait: bool, timeout: float, **_: Any) -> No
     if wait:
         final, settled = _wait_until_settled(client, [r["api"] for r in results], timeout=timeout)
         if _wants_json():
-            output.print_json({"results": results, "apis": final})
+            output.print_json({"results": results, "warnings": client.last_warnings, "apis": final})
         failed = [api for api in final if api["status"] != "live"]
         if failed:
             if not settled:

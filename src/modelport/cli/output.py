@@ -43,6 +43,10 @@ def error(message: str) -> None:
     stderr.print(Text("error: ", style="bold red") + Text(message))
 
 
+def warning(message: str) -> None:
+    stderr.print(Text("warning: ", style="bold yellow") + Text(message))
+
+
 def age(seconds: float | None) -> str:
     """Cortex style: 8s, 3m, 9h, 2d."""
     if seconds is None:

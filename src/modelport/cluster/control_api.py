@@ -18,6 +18,7 @@ from urllib.parse import unquote
 import orjson
 
 from modelport.cluster import serialize
+from modelport.cluster.requirements import requirements_warning
 from modelport.cluster.snapshot import prepare
 from modelport.controller.loop import Controller
 from modelport.controller.ports import DesiredApi
@@ -127,14 +128,14 @@ class ControlApi:
         async with self._deploy_lock:
             # Reading and copying a project touches the disk: off the event loop. The controller itself
             # is only ever called from the loop's thread.
-            prepared = await asyncio.to_thread(self._prepare, path)
+            prepared, warning = await asyncio.to_thread(self._prepare, path)
             results = []
             for desired in prepared:
                 action = self._controller.deploy(desired)
                 results.append({"api": desired.name, "kind": str(desired.spec.kind), "action": action})
-        return json_response(200, {"results": results})
+        return json_response(200, {"results": results, "warnings": [warning] if warning else []})
 
-    def _prepare(self, path: Path) -> list[DesiredApi]:
+    def _prepare(self, path: Path) -> tuple[list[DesiredApi], str | None]:
         project = load_project(path)
         prepared = []
         for spec in project.apis:
@@ -150,7 +151,7 @@ class ControlApi:
                     deployed_at=self._wall(),
                 )
             )
-        return prepared
+        return prepared, requirements_warning(project.root)
 
     async def _list_apis(self, request: Request, params: dict[str, str]) -> Response:
         return json_response(

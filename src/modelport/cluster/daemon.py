@@ -27,6 +27,7 @@ import uvloop
 from modelport.backends.local import REPLICA_DRAIN_SECONDS as REPLICA_GRACE_SECONDS
 from modelport.backends.local import LocalBackend, kill_stale_replicas
 from modelport.clock import SystemClock
+from modelport.cluster import snapshot
 from modelport.cluster.control_api import ControlApi
 from modelport.controller.loop import Controller
 from modelport.errors import ModelportError, UnavailableError
@@ -129,6 +130,11 @@ async def run_daemon(settings: Settings) -> int:
             clock=clock,
             drain_grace_seconds=REPLICA_KILL_AFTER_SECONDS,
         )
+        removed = snapshot.prune(
+            keep=store.load_apis(), snapshots_dir=settings.snapshots_dir, specs_dir=settings.specs_dir
+        )
+        if removed:
+            log.info("removed %d snapshot(s) and spec file(s) no deployed API uses", len(removed))
         controller.restore()
 
         gateway_address = await gateway.start(host=settings.gateway_host, port=settings.gateway_port)

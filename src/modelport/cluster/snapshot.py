@@ -10,9 +10,11 @@ from __future__ import annotations
 import os
 import shutil
 import tempfile
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
+from modelport.controller.ports import DesiredApi
 from modelport.errors import UserInputError
 from modelport.spec.load import Project, files_digest, project_files
 from modelport.spec.model import ApiSpec
@@ -73,3 +75,22 @@ def prepare(project: Project, spec: ApiSpec, *, snapshots_dir: Path, specs_dir: 
     return Snapshot(
         project_dir=project_dir, spec_path=write_spec(spec, revision=revision, specs_dir=specs_dir)
     )
+
+
+def prune(*, keep: Iterable[DesiredApi], snapshots_dir: Path, specs_dir: Path) -> list[Path]:
+    """Delete snapshots and spec files no deployed API refers to; returns what was deleted.
+
+    Only safe while no replica of an older revision runs, which is why the daemon calls it at start-up,
+    before it launches anything (replicas of a rolling update still run from their old snapshot).
+    """
+    wanted = {api.project_dir for api in keep} | {api.spec_path for api in keep}
+    removed: list[Path] = []
+    for folder in snapshots_dir.iterdir() if snapshots_dir.is_dir() else ():
+        if folder not in wanted:
+            shutil.rmtree(folder, ignore_errors=True)
+            removed.append(folder)
+    for spec_file in specs_dir.glob("*/*.json") if specs_dir.is_dir() else ():
+        if spec_file not in wanted:
+            spec_file.unlink(missing_ok=True)
+            removed.append(spec_file)
+    return removed

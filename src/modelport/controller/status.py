@@ -58,12 +58,23 @@ def derive_status(
     if counts.requested > 0 and counts.up_to_date >= counts.requested:
         return StatusReport(ApiStatus.LIVE)
     if counts.up_to_date == 0 and is_crash_looping(backoff, policy):
-        return StatusReport(ApiStatus.ERROR, crash_loop_reason(api_name, backoff))
+        reason = crash_loop_reason(api_name, backoff)
+        if counts.stale:
+            reason += f"; the previous revision still serves ({counts.stale} ready replicas)"
+        return StatusReport(ApiStatus.ERROR, reason)
     if compute is not None and not compute.fits and counts.current_live == 0:
         return StatusReport(ApiStatus.COMPUTE_UNAVAILABLE, compute.missing or "not enough compute")
     if min_replicas > 0 and counts.up_to_date >= min_replicas:
         return StatusReport(ApiStatus.LIVE)
-    return StatusReport(ApiStatus.UPDATING)
+    return StatusReport(ApiStatus.UPDATING, _progress(counts, api_name))
+
+
+def _progress(counts: ReplicaCounts, api_name: ApiName) -> str:
+    starting = counts.current_live - counts.up_to_date
+    progress = f"{counts.up_to_date} of {counts.requested} replicas ready, {starting} starting"
+    if counts.stale:
+        progress += f"; the previous revision serves meanwhile ({counts.stale} ready replicas)"
+    return f"{progress}: `modelport logs {api_name}` shows their progress"
 
 
 def crash_loop_reason(api_name: ApiName, backoff: RestartBackoff) -> str:

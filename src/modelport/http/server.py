@@ -37,6 +37,7 @@ class Request:
     headers: list[tuple[bytes, bytes]]  # names lowercased, in arrival order
     body: bytes
     http_version: str = "1.1"
+    client: tuple[str, int] | None = None  # the peer's (ip, port); None for non-IP sockets
 
     def header(self, name: bytes) -> bytes | None:
         """The first value of header `name` (lowercase), or None."""
@@ -103,6 +104,7 @@ class _Connection(asyncio.Protocol):
     __slots__ = (
         "_body",
         "_body_size",
+        "_client",
         "_closing",
         "_current",
         "_current_is_head",
@@ -121,6 +123,7 @@ class _Connection(asyncio.Protocol):
         self._server = server
         self._loop = asyncio.get_running_loop()
         self._transport: asyncio.Transport | None = None
+        self._client: tuple[str, int] | None = None
         self._parser = httptools.HttpRequestParser(self)
         self._url = b""
         self._headers: list[tuple[bytes, bytes]] = []
@@ -141,6 +144,10 @@ class _Connection(asyncio.Protocol):
         if sock is not None and sock.family in (socket.AF_INET, socket.AF_INET6):
             with contextlib.suppress(OSError):
                 sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        # Read once per connection: every request on it shares the tuple. IPv6 peers carry flow and scope too.
+        peer = transport.get_extra_info("peername")
+        if isinstance(peer, tuple) and len(peer) >= 2:
+            self._client = (str(peer[0]), int(peer[1]))
         self._server._connections.add(self)
 
     def connection_lost(self, exc: Exception | None) -> None:
@@ -212,6 +219,7 @@ class _Connection(asyncio.Protocol):
             headers=self._headers,
             body=b"".join(self._body),
             http_version=self._parser.get_http_version(),
+            client=self._client,
         )
         keep_alive = self._parser.should_keep_alive()
         if self._current is None:

@@ -108,7 +108,7 @@ async def call(
         writer.close()
     if not raw:
         return Reply(status=0, headers={}, body=b"", raw=b"")
-    parsed = http.client.HTTPResponse(_BytesSocket(raw))  # type: ignore[arg-type]
+    parsed = http.client.HTTPResponse(_BytesSocket(raw), method=method)  # type: ignore[arg-type]
     parsed.begin()
     reply_headers = {name.lower(): value for name, value in parsed.getheaders()}
     return Reply(status=parsed.status, headers=reply_headers, body=parsed.read(), raw=raw)
@@ -150,7 +150,11 @@ class RawUpstream:
 
     # "keep-alive": answer every request; "close": hang up on the first byte; "partial": hang up in the
     # middle of the response; "once": answer a connection's first request, hang up on its second (what a
-    # server closing an idle keep-alive connection looks like to a client whose request crossed it).
+    # server closing an idle keep-alive connection looks like to a client whose request crossed it);
+    # "swallow": read (and count) each request, hang up without answering; "poison": answer, but swallow
+    # the body b"poison" (a predictor that dies of one payload); "answer-close": answer keep-alive, then
+    # hang up at once (an idle connection closed by the server); "reset-first": the first connection resets
+    # on its first bytes, unread (the request cannot have been processed), later ones answer.
     behaviour: str
     connections: int = 0
     open_connections: int = 0
@@ -175,31 +179,49 @@ class _RawProtocol(asyncio.Protocol):
         self.parser = httptools.HttpRequestParser(self)
         self.transport: asyncio.Transport | None = None
         self.answered = 0
+        self.first = False
+        self.body = b""
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = cast(asyncio.Transport, transport)  # uvloop's are not asyncio.Transport
         self.upstream.connections += 1
         self.upstream.open_connections += 1
+        self.first = self.upstream.connections == 1
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.upstream.open_connections -= 1
 
     def data_received(self, data: bytes) -> None:
         assert self.transport is not None
-        if self.upstream.behaviour == "close" or (self.upstream.behaviour == "once" and self.answered):
+        behaviour = self.upstream.behaviour
+        if behaviour == "reset-first" and self.first:
+            self.transport.abort()  # unread bytes in the socket: the kernel answers with a reset
+            return
+        if behaviour == "close" or (behaviour == "once" and self.answered):
             self.transport.close()
             return
         self.parser.feed_data(data)
+
+    def on_message_begin(self) -> None:
+        self.body = b""
+
+    def on_body(self, body: bytes) -> None:
+        self.body += body
 
     def on_message_complete(self) -> None:
         assert self.transport is not None
         self.upstream.requests += 1
         self.answered += 1
-        if self.upstream.behaviour == "partial":
+        behaviour = self.upstream.behaviour
+        if behaviour == "swallow" or (behaviour == "poison" and self.body == b"poison"):
+            self.transport.close()
+        elif behaviour == "partial":
             self.transport.write(b'HTTP/1.1 200 OK\r\ncontent-length: 100\r\n\r\n{"half":')
             self.transport.close()
         else:
             self.transport.write(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok")
+            if behaviour == "answer-close":
+                self.transport.close()
 
 
 def target(replica_id: str, address: Address) -> ReplicaTarget:
@@ -261,6 +283,7 @@ def test_forwards_body_query_and_end_to_end_headers_and_adds_a_request_id(run: R
                 chunked=True,
                 headers=[
                     ("content-type", "application/json"),
+                    ("x-forwarded-for", "203.0.113.9"),
                     ("x-custom", "Kept As Is"),
                     ("proxy-authorization", "secret"),
                     ("te", "trailers"),
@@ -274,7 +297,12 @@ def test_forwards_body_query_and_end_to_end_headers_and_adds_a_request_id(run: R
             assert seen.body == b'{"sepal": [5.1, 3.5]}'
             assert seen.header(b"content-type") == b"application/json"
             assert seen.header(b"x-custom") == b"Kept As Is"
-            assert seen.header(b"host") == str(replica.address).encode()
+            # The client's Host goes through; where the request came from is added.
+            assert seen.header(b"host") == b"gateway"
+            assert seen.header(b"x-forwarded-for") == b"203.0.113.9, 127.0.0.1"
+            assert seen.header(b"x-forwarded-host") == b"gateway"
+            assert seen.header(b"x-forwarded-proto") == b"http"
+            assert seen.client is not None and seen.client[0] == "127.0.0.1"  # the gateway, to the replica
             assert seen.header(b"content-length") == b"21"
             names = [name for name, _ in seen.headers]
             for dropped in (
@@ -398,12 +426,53 @@ def test_unknown_paths_and_wrong_methods_get_json_errors(run: Run) -> None:
             assert missing.status == 404
             assert missing.json() == {"error": "no API is deployed at /nope", "apis": ["/iris"]}
             wrong = await call(gateway, "DELETE", "/iris")
-            assert wrong.status == 405
+            assert (wrong.status, wrong.headers["allow"]) == (405, "GET, HEAD, POST, OPTIONS")
             assert "DELETE" in wrong.json()["error"]
+            own = await call(gateway, "POST", "/metrics")
+            assert (own.status, own.headers["allow"]) == (405, "GET, HEAD")
             summary = await call(gateway, "GET", "/iris")
             assert summary.json()["ready_replicas"] == 1
             assert (await call(gateway, "GET", "/healthz")).json() == {"status": "ok"}
+            for path in ("/iris", "/healthz", "/metrics"):
+                get, head = await call(gateway, "GET", path), await call(gateway, "HEAD", path)
+                assert (head.status, head.body) == (200, b"")
+                assert head.raw.endswith(b"\r\n\r\n")
+                assert head.headers["content-length"] == str(len(get.body))
+                assert head.headers["content-type"] == get.headers["content-type"]
             assert replica.requests == []
+
+    run(scenario)
+
+
+def test_cors_preflight_and_every_answer_to_a_request_with_origin(run: Run) -> None:
+    async def scenario() -> None:
+        replica = await FakeReplica().start()
+        async with serving(route("iris", target("r1", replica.address)), replica) as (_, gateway):
+            asked = [
+                ("origin", "https://app.example"),
+                ("access-control-request-method", "POST"),
+                ("access-control-request-headers", "content-type, x-api-key"),
+            ]
+            preflight = await call(gateway, "OPTIONS", "/iris", headers=asked)
+            assert preflight.status == 204
+            assert preflight.headers["access-control-allow-origin"] == "*"
+            assert preflight.headers["access-control-allow-methods"] == "POST, GET, OPTIONS"
+            assert preflight.headers["access-control-allow-headers"] == "content-type, x-api-key"
+            assert preflight.headers["access-control-max-age"] == "600"
+            assert replica.requests == []
+
+            origin = [("origin", "https://app.example")]
+            # The replica's bytes pass through with the one header line added after the status line.
+            predicted = await call(gateway, "POST", "/iris", body=b"x", headers=origin)
+            assert predicted.raw.startswith(b"HTTP/1.1 200 OK\r\naccess-control-allow-origin: *\r\n")
+            assert predicted.json() == {"echo": "x"}
+            assert replica.requests[0].header(b"origin") == b"https://app.example"
+            plain = await call(gateway, "POST", "/iris", body=b"x")
+            assert "access-control-allow-origin" not in plain.headers
+            assert plain.raw == predicted.raw.replace(b"access-control-allow-origin: *\r\n", b"")
+            for method, path in (("GET", "/iris"), ("POST", "/nope"), ("GET", "/metrics")):
+                reply = await call(gateway, method, path, headers=origin)
+                assert reply.headers["access-control-allow-origin"] == "*"
 
     run(scenario)
 
@@ -452,27 +521,67 @@ def test_retries_when_a_replica_closes_the_connection_without_answering(run: Run
     run(scenario)
 
 
-def test_answers_502_when_the_retry_fails_too_or_retrying_is_off(run: Run) -> None:
+def test_a_request_replicas_receive_but_never_answer_reaches_them_at_most_twice(run: Run) -> None:
     async def scenario() -> None:
-        closer = await RawUpstream("close").start()
+        a, b = await RawUpstream("swallow").start(), await RawUpstream("swallow").start()
+        async with serving(route("m", target("a", a.address), target("b", b.address)), a, b) as (gw, gateway):
+            reply = await call(gateway, "POST", "/m", body=b"x", headers=[("x-request-id", "req-7")])
+            assert reply.status == 502
+            assert (a.requests, b.requests) == (1, 1)  # the first pick is `a`; the one retry goes elsewhere
+            assert reply.json() == {
+                "error": "replica a of api m closed the connection before answering; retried on replica b, "
+                "which closed the connection before answering; not retried again: a request is sent to "
+                "replicas at most 2 times",
+                "request_id": "req-7",
+                "retried": True,
+            }
+
+            gw.publish(route("m", target("a", a.address), target("b", b.address), retry_on_failure=False))
+            reply = await call(gateway, "POST", "/m", body=b"x")
+            assert reply.status == 502
+            assert a.requests + b.requests == 3  # exactly once
+            assert re.fullmatch(
+                r"replica [ab] of api m closed the connection before answering; not retried: the replica may "
+                r"have processed it and retry_on_failure is off for this api",
+                reply.json()["error"],
+            )
+            assert reply.json()["retried"] is False
+            assert gw.traffic()[ApiName("m")].status_5xx == 2
+
+    run(scenario)
+
+
+def test_a_payload_that_kills_replicas_is_not_replayed_on_their_pooled_connections(run: Run) -> None:
+    async def scenario() -> None:
+        upstreams = [await RawUpstream("poison").start() for _ in range(3)]
+        routes = route("m", *(target(f"r{i}", up.address) for i, up in enumerate(upstreams)))
+        async with serving(routes, *upstreams) as (_, gateway):
+            for _ in range(6):  # every replica now has an idle keep-alive connection in the pool
+                assert (await call(gateway, "POST", "/m", body=b"x")).status == 200
+            assert [up.connections for up in upstreams] == [1, 1, 1]
+            reply = await call(gateway, "POST", "/m", body=b"poison")
+            assert reply.status == 502
+            assert sum(up.requests for up in upstreams) == 6 + 2
+            assert [up.connections for up in upstreams] == [1, 1, 1]  # never re-sent on a new connection
+
+    run(scenario)
+
+
+def test_the_502_reports_the_original_failure_not_the_retrys(run: Run) -> None:
+    async def scenario() -> None:
+        closer = await RawUpstream("swallow").start()
         dead_socket, dead = refused_address()
         try:
-            routes = route("m", target("dead", dead), target("closer", closer.address))
-            async with serving(routes, closer) as (gw, gateway):
-                reply = await call(gateway, "POST", "/m", body=b"x", headers=[("x-request-id", "req-7")])
+            routes = route("m", target("closer", closer.address), target("dead", dead))
+            async with serving(routes, closer) as (_, gateway):
+                reply = await call(gateway, "POST", "/m", body=b"x", headers=[("origin", "https://app")])
                 assert reply.status == 502
-                body = reply.json()
-                assert body["request_id"] == "req-7"
-                assert re.fullmatch(
-                    r"replica (dead|closer) of api m failed before answering: .+", body["error"]
+                assert reply.json()["error"] == (
+                    "replica closer of api m closed the connection before answering; retried on replica "
+                    f"dead, which could not be reached at {dead} (connection refused); not retried again: no "
+                    "other replica is available"
                 )
-                assert closer.connections >= 1  # both replicas were tried
-
-                gw.publish(route("m", target("closer", closer.address), retry_on_failure=False))
-                reply = await call(gateway, "POST", "/m", body=b"x")
-                assert reply.status == 502
-                assert reply.json()["error"].startswith("replica closer of api m failed before answering")
-                assert gw.traffic()[ApiName("m")].status_5xx == 2
+                assert reply.headers["access-control-allow-origin"] == "*"
         finally:
             dead_socket.close()
 
@@ -499,7 +608,10 @@ def test_a_failure_in_the_middle_of_a_response_is_not_retried_and_closes_the_cli
             # A keep-alive client gets the 502 and then EOF: the gateway closed the connection.
             reply = await call(gateway, "POST", "/m", body=b"x", keep_alive=True)
             assert reply.status == 502
-            assert reply.json()["error"].startswith("replica partial of api m failed while answering")
+            assert reply.json()["error"] == (
+                "replica partial of api m closed the connection in the middle of the response; not retried: "
+                "the replica may have acted on the request"
+            )
 
     run(scenario)
 
@@ -524,18 +636,44 @@ def test_reuses_keep_alive_connections_and_closes_them_when_the_replica_leaves(r
     run(scenario)
 
 
-def test_a_stale_pooled_connection_is_replaced_by_a_fresh_one_to_the_same_replica(run: Run) -> None:
+def test_a_pooled_connection_the_replica_closed_is_skipped_at_no_cost(run: Run) -> None:
     async def scenario() -> None:
-        upstream = await RawUpstream("once").start()
-        async with serving(route("m", target("r1", upstream.address)), upstream) as (gw, gateway):
+        upstream = await RawUpstream("answer-close").start()
+        routes = route("m", target("r1", upstream.address), retry_on_failure=False)
+        async with serving(routes, upstream) as (_, gateway):
             replies = [await call(gateway, "POST", "/m", body=b"x") for _ in range(3)]
             assert [reply.status for reply in replies] == [200] * 3
             assert (upstream.requests, upstream.connections) == (3, 3)
 
-            # Not replayable: the replica may have seen the request, so it is not sent again.
-            gw.publish(route("m", target("r1", upstream.address), retry_on_failure=False))
-            assert (await call(gateway, "POST", "/m", body=b"x")).status == 502
-            assert upstream.requests == 3
+    run(scenario)
+
+
+def test_a_request_written_and_unanswered_never_goes_to_the_same_replica_again(run: Run) -> None:
+    async def scenario() -> None:
+        upstream = await RawUpstream("once").start()
+        async with serving(route("m", target("r1", upstream.address)), upstream) as (_, gateway):
+            assert (await call(gateway, "POST", "/m", body=b"x")).status == 200
+            # The pooled connection carries the next request; the replica hangs up on it.
+            reply = await call(gateway, "POST", "/m", body=b"x")
+            assert reply.status == 502
+            assert reply.json()["error"] == (
+                "replica r1 of api m closed the connection before answering; not retried: no other replica "
+                "is available"
+            )
+            assert upstream.connections == 1
+
+    run(scenario)
+
+
+def test_a_request_whose_write_failed_is_sent_again_on_a_new_connection_to_the_same_replica(run: Run) -> None:
+    async def scenario() -> None:
+        upstream = await RawUpstream("reset-first").start()
+        routes = route("m", target("r1", upstream.address), retry_on_failure=False)
+        async with serving(routes, upstream) as (_, gateway):
+            # Far more than the socket buffers hold: the reset arrives while the gateway is still writing.
+            reply = await call(gateway, "POST", "/m", body=b"x" * (16 * 1024 * 1024))
+            assert (reply.status, reply.body) == (200, b"ok")
+            assert (upstream.connections, upstream.requests) == (2, 1)
 
     run(scenario)
 

@@ -34,8 +34,14 @@ def table(*routes: ApiRoute) -> dict[ApiName, ApiRoute]:
     return {route.api_name: route for route in routes}
 
 
-def handle(gateway: Gateway, method: str, path: str, body: bytes = b"") -> Response:
-    request = Request(method=method, path=path, query_string=b"", headers=[], body=body)
+def handle(
+    gateway: Gateway,
+    method: str,
+    path: str,
+    body: bytes = b"",
+    headers: list[tuple[bytes, bytes]] | None = None,
+) -> Response:
+    request = Request(method=method, path=path, query_string=b"", headers=headers or [], body=body)
     return asyncio.run(gateway.handle(request))
 
 
@@ -75,13 +81,71 @@ def test_unknown_paths_list_the_deployed_endpoints_and_wrong_methods_get_405() -
     )
     wrong = handle(gateway, "PUT", "/iris")
     assert wrong.status == 405
-    assert (b"allow", b"GET, POST") in wrong.headers
+    assert (b"allow", b"GET, HEAD, POST, OPTIONS") in wrong.headers
     assert body(wrong)["error"].startswith("method PUT is not allowed on /iris")
-    assert handle(gateway, "POST", "/healthz").status == 405
+    for own in ("/healthz", "/metrics"):
+        refused = handle(gateway, "POST", own)
+        assert (refused.status, list(refused.headers)) == (405, [(b"allow", b"GET, HEAD")])
     assert (handle(gateway, "GET", "/healthz").status, body(handle(gateway, "GET", "/healthz"))) == (
         200,
         {"status": "ok"},
     )
+
+
+def test_head_answers_like_get_on_endpoints_and_the_gateways_own_paths() -> None:
+    gateway = Gateway(clock=FakeClock())
+    gateway.publish(table(api("iris", "r1")))
+    for path in ("/iris", "/iris/", "/metrics", "/healthz"):
+        get, head = handle(gateway, "GET", path), handle(gateway, "HEAD", path)
+        # The same response: HttpServer leaves the body out for HEAD, keeping its content-length.
+        assert (head.status, head.content_type, head.headers) == (200, get.content_type, get.headers)
+        assert head.body == get.body
+    assert handle(gateway, "HEAD", "/nope").status == 404
+
+
+def test_options_on_an_endpoint_is_a_cors_preflight() -> None:
+    gateway = Gateway(clock=FakeClock())
+    gateway.publish(table(api("iris", "r1")))
+    asked = [(b"origin", b"https://app.example"), (b"access-control-request-headers", b"content-type")]
+    response = handle(gateway, "OPTIONS", "/iris", headers=asked)
+    assert response.status == 204
+    assert dict(response.headers) == {
+        b"access-control-allow-origin": b"*",
+        b"access-control-allow-methods": b"POST, GET, OPTIONS",
+        b"access-control-allow-headers": b"content-type",
+        b"access-control-max-age": b"600",
+        b"allow": b"GET, HEAD, POST, OPTIONS",
+    }
+    assert gateway.traffic()[ApiName("iris")].requests == 0  # not a prediction
+
+
+def test_every_answer_to_a_request_with_origin_allows_any_origin_and_only_those() -> None:
+    gateway = Gateway(clock=FakeClock())
+    gateway.publish(table(api("iris", "r1"), api("down", status=ApiStatus.UPDATING)))
+    origin = [(b"origin", b"https://app.example")]
+    allow = (b"access-control-allow-origin", b"*")
+    for method, path in (("GET", "/iris"), ("GET", "/metrics"), ("POST", "/nope"), ("PUT", "/iris")):
+        assert allow in handle(gateway, method, path, headers=origin).headers
+        assert allow not in handle(gateway, method, path).headers
+    unavailable = handle(gateway, "POST", "/down", headers=origin)
+    assert unavailable.status == 503
+    assert list(unavailable.headers) == [(b"retry-after", b"1"), allow]
+
+
+def test_retry_after_only_while_waiting_can_bring_a_replica() -> None:
+    gateway = Gateway(clock=FakeClock())
+    statuses = {
+        "updating": ApiStatus.UPDATING,
+        "broken": ApiStatus.ERROR,
+        "big": ApiStatus.COMPUTE_UNAVAILABLE,
+    }
+    gateway.publish(table(*(api(name, status=status) for name, status in statuses.items())))
+    waits = {name: dict(handle(gateway, "POST", f"/{name}").headers).get(b"retry-after") for name in statuses}
+    assert waits == {"updating": b"1", "broken": None, "big": None}
+    assert body(handle(gateway, "POST", "/big")) == {
+        "error": "api big is not ready (status compute unavailable)",
+        "reason": None,
+    }
 
 
 def test_an_api_without_replicas_answers_503_not_ready_with_the_reason() -> None:
@@ -90,7 +154,7 @@ def test_an_api_without_replicas_answers_503_not_ready_with_the_reason() -> None
     gateway.publish(table(api("iris", status=ApiStatus.ERROR, reason="predictor __init__ failed")))
     response = handle(gateway, "POST", "/iris", b"{}")
     assert response.status == 503
-    assert (b"retry-after", b"1") in response.headers
+    assert not any(name == b"retry-after" for name, _ in response.headers)  # waiting will not fix it
     assert body(response) == {
         "error": "api iris is not ready (status error)",
         "reason": "predictor __init__ failed",

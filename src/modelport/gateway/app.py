@@ -7,26 +7,26 @@ counters; HTTP clients send predictions through it to replicas.
 from __future__ import annotations
 
 import logging
-import uuid
 from collections.abc import Callable, Mapping
 
 from modelport.clock import Clock, SystemClock
+from modelport.gateway.cors import allow_any_origin, preflight
+from modelport.gateway.forwarding import ForwardedRequest, forward_request
 from modelport.gateway.metrics import CONTENT_TYPE, MetricsSample, render_metrics
+from modelport.gateway.retry import NO_OTHER_REPLICA, FailedAttempt, Next, after_failure, failure_message
 from modelport.gateway.routing import ApiState, RouteTable
-from modelport.gateway.upstream import UpstreamError, UpstreamPool
+from modelport.gateway.upstream import FailureStage, UpstreamError, UpstreamPool
 from modelport.http.server import HttpServer, Request, Response, error_response, json_response
-from modelport.types import Address, ApiName, ApiRoute, ApiTraffic
+from modelport.types import Address, ApiName, ApiRoute, ApiStatus, ApiTraffic
 
 log = logging.getLogger(__name__)
 
 _SYSTEM_CLOCK = SystemClock()
 _RETRY_AFTER = ((b"retry-after", b"1"),)
-# Meaningful for one connection only (RFC 9110 7.6.1; `proxy-*` is checked by prefix)...
-_HOP_BY_HOP = (b"connection", b"keep-alive", b"transfer-encoding", b"te", b"trailer", b"upgrade", b"expect")
-# ...plus the two the gateway sets itself.
-_NOT_FORWARDED = frozenset((*_HOP_BY_HOP, b"host", b"content-length"))
-_GET_ONLY = ((b"allow", b"GET"),)
-_ENDPOINT_METHODS = ((b"allow", b"GET, POST"),)
+# An API in these states gets no replica by waiting a second: its 503 body says what to fix instead.
+_WAITING_WONT_HELP = frozenset((ApiStatus.ERROR, ApiStatus.COMPUTE_UNAVAILABLE))
+_OWN_METHODS = b"GET, HEAD"
+_ENDPOINT_METHODS = b"GET, HEAD, POST, OPTIONS"
 
 
 class Gateway:
@@ -37,7 +37,7 @@ class Gateway:
         self._table = RouteTable()
         self._pool = UpstreamPool(connect_timeout=upstream_connect_timeout)
         self._server = HttpServer(self.handle, on_handler_error=_log_handler_error)
-        # The gateway's own paths, GET only; checked before API endpoints, so no API can shadow them.
+        # The gateway's own paths, GET and HEAD only; checked before API endpoints, so no API can shadow them.
         self._own_routes: dict[str, Callable[[], Response]] = {
             "/healthz": lambda: json_response(200, {"status": "ok"}),
             "/metrics": self._metrics,
@@ -69,26 +69,31 @@ class Gateway:
 
     # The data plane
     async def handle(self, request: Request) -> Response:
-        """The HttpServer handler: the whole route table."""
+        """The HttpServer handler: the whole route table. HEAD answers as GET (the server drops the body)."""
         start = self._clock.monotonic()
-        path = request.path
+        path, method = request.path, request.method
         own = self._own_routes.get(path)
         if own is not None:
-            if request.method == "GET":
-                return own()
-            return json_response(405, {"error": f"{path} only answers GET"}, headers=_GET_ONLY)
-        state = self._table.lookup(path)
-        if state is None:
-            return error_response(404, f"no API is deployed at {path}", apis=self._table.endpoints())
-        if request.method == "POST":
+            if method == "GET" or method == "HEAD":
+                response = own()
+            else:
+                message = f"{path} only answers GET and HEAD"
+                response = json_response(405, {"error": message}, headers=((b"allow", _OWN_METHODS),))
+        elif (state := self._table.lookup(path)) is None:
+            response = error_response(404, f"no API is deployed at {path}", apis=self._table.endpoints())
+        elif method == "POST":
             return await self._forward(state, request, start)
-        if request.method == "GET":
-            return self._summary(state)
-        message = (
-            f"method {request.method} is not allowed on {path}: POST a payload to predict, "
-            "or GET for a summary of the API"
-        )
-        return json_response(405, {"error": message}, headers=_ENDPOINT_METHODS)
+        elif method == "GET" or method == "HEAD":
+            response = self._summary(state)
+        elif method == "OPTIONS":
+            return preflight(request, allow=_ENDPOINT_METHODS)
+        else:
+            message = (
+                f"method {method} is not allowed on {path}: POST a payload to predict, "
+                "or GET for a summary of the API"
+            )
+            response = json_response(405, {"error": message}, headers=((b"allow", _ENDPOINT_METHODS),))
+        return _cross_origin(request, response)
 
     async def _forward(self, state: ApiState, request: Request, start: float) -> Response:
         route = state.route
@@ -97,64 +102,81 @@ class Gateway:
                 "error": f"api {route.api_name} is not ready (status {route.status})",
                 "reason": route.unavailable_reason,
             }
-            return self._counted(state, start, json_response(503, body, headers=_RETRY_AFTER))
+            headers = () if route.status in _WAITING_WONT_HELP else _RETRY_AFTER
+            return self._counted(
+                state, start, _cross_origin(request, json_response(503, body, headers=headers))
+            )
         target = state.pick()
         if target is None:
             message = (
                 f"api {route.api_name} is at capacity: every replica holds max_replica_concurrency "
                 f"({route.max_replica_concurrency}) requests; retry later"
             )
-            return self._counted(state, start, json_response(503, {"error": message}, headers=_RETRY_AFTER))
+            response = json_response(503, {"error": message}, headers=_RETRY_AFTER)
+            return self._counted(state, start, _cross_origin(request, response))
 
-        request_id = request.header(b"x-request-id")
-        if request_id is None:
-            request_id = uuid.uuid4().hex.encode()
-            headers = _forwarded_headers(request, extra=b"x-request-id: " + request_id + b"\r\n")
-        else:
-            headers = _forwarded_headers(request, extra=b"")
-        request_line = b"POST /predict?" + request.query_string if request.query_string else b"POST /predict"
-        request_line += b" HTTP/1.1\r\nhost: "
-        retried = False
+        forwarded = forward_request(request)
+        parts = (forwarded.head, request.body)
+        # The failure path only: the request's writes to replicas (the retry policy's budget) and what failed.
+        sends = 0
+        attempts: tuple[FailedAttempt, ...] = ()
+        fresh = False
         while True:
             replica = target.replica_id
-            address = target.address
-            head = b"%s%s:%d\r\n%s" % (request_line, address.host.encode(), address.port, headers)
             state.acquire(replica)
             try:
-                upstream = await self._pool.request(
-                    address, (head, request.body), replayable=route.retry_on_failure
-                )
+                upstream = await self._pool.request(target.address, parts, fresh=fresh)
             except UpstreamError as exc:
                 failure = exc
             else:
                 response = Response(
                     status=upstream.status, raw=upstream.raw, close_connection=not upstream.keep_alive
                 )
+                if forwarded.has_origin:
+                    allow_any_origin(response)
                 return self._counted(state, start, response)
             finally:
                 state.release(replica)
 
-            if failure.connect_failed:
+            attempts += (FailedAttempt(replica=replica, failure=failure),)
+            if failure.stage is FailureStage.CONNECT:
                 state.mark_down(replica)
-            if failure.response_started:
-                # The client has seen nothing yet (responses are buffered), but the replica may have acted
-                # on the request: answer 502 and close, never retry.
-                message = f"replica {replica} of api {route.api_name} failed while answering: {failure}"
-                response = error_response(502, message, request_id=request_id.decode("latin-1"))
-                response.close_connection = True
-                return self._counted(state, start, response)
-            retry = None
-            # A request that never reached the replica is safe to send elsewhere even when the API's
-            # requests are not idempotent (as nginx's proxy_next_upstream does).
-            if not retried and (route.retry_on_failure or not failure.request_sent):
-                retried = True
-                retry = state.pick(exclude=(replica,))
-            if retry is None:
-                message = f"replica {replica} of api {route.api_name} failed before answering: {failure}"
-                response = error_response(502, message, request_id=request_id.decode("latin-1"))
-                return self._counted(state, start, response)
-            log.info("api %s: replica %s failed before answering (%s)", route.api_name, replica, failure)
-            target = retry
+            else:
+                sends += 1
+            decision = after_failure(failure.stage, sends=sends, retry_on_failure=route.retry_on_failure)
+            why_not = decision.why_not
+            fresh = decision.next is Next.SAME_REPLICA
+            if decision.next is Next.OTHER_REPLICA:
+                retry = state.pick(exclude=[attempt.replica for attempt in attempts])
+                if retry is None:
+                    why_not = NO_OTHER_REPLICA
+                else:
+                    target = retry
+            if why_not:
+                return self._failed(state, forwarded, start=start, attempts=attempts, why_not=why_not)
+            log.info(
+                "api %s: replica %s %s; sending the request again", route.api_name, replica, failure.reason
+            )
+
+    def _failed(
+        self,
+        state: ApiState,
+        forwarded: ForwardedRequest,
+        *,
+        start: float,
+        attempts: tuple[FailedAttempt, ...],
+        why_not: str,
+    ) -> Response:
+        message = failure_message(state.route.api_name, attempts, why_not=why_not)
+        log.warning("%s", message)
+        request_id = forwarded.request_id.decode("latin-1")
+        response = error_response(502, message, request_id=request_id, retried=len(attempts) > 1)
+        # Broken mid-response: the replica may have acted on the request. The client saw none of it (responses
+        # are buffered), but its connection is closed after the 502, as a proxy that streamed would have to.
+        response.close_connection = attempts[-1].failure.stage is FailureStage.RESPONSE
+        if forwarded.has_origin:
+            allow_any_origin(response)
+        return self._counted(state, start, response)
 
     def _counted(self, state: ApiState, start: float, response: Response) -> Response:
         """Count the response once it has been handed to the transport (that is when latency ends)."""
@@ -185,19 +207,9 @@ class Gateway:
         return Response(status=200, body=render_metrics(samples), content_type=CONTENT_TYPE)
 
 
-def _forwarded_headers(request: Request, *, extra: bytes) -> bytes:
-    """The client's end-to-end headers as wire bytes, then `extra`, content-length and the blank line."""
-    connection = request.header(b"connection")
-    # Headers the client named in `Connection` are hop-by-hop too.
-    listed = frozenset(token.strip().lower() for token in connection.split(b",")) if connection else ()
-    parts = [
-        name + b": " + value + b"\r\n"
-        for name, value in request.headers
-        if name not in _NOT_FORWARDED and name not in listed and not name.startswith(b"proxy-")
-    ]
-    parts.append(extra)
-    parts.append(b"content-length: %d\r\n\r\n" % len(request.body))
-    return b"".join(parts)
+def _cross_origin(request: Request, response: Response) -> Response:
+    """Mark a response the gateway built when the request carried Origin (forwarding knows it already)."""
+    return allow_any_origin(response) if request.header(b"origin") is not None else response
 
 
 def _log_handler_error(exc: BaseException) -> None:

@@ -14,6 +14,7 @@ import socket
 from collections import deque
 from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass
+from enum import StrEnum
 from typing import cast
 
 import httptools  # type: ignore[import-untyped,unused-ignore]
@@ -30,22 +31,22 @@ class UpstreamResponse:
     keep_alive: bool  # False when the replica said `connection: close` or framed the body by closing
 
 
-class UpstreamError(Exception):
-    """A replica exchange that failed; the flags say what a retry could still do safely."""
+class FailureStage(StrEnum):
+    """How far an exchange with a replica got before it failed: what a retry could still do safely."""
 
-    def __init__(
-        self,
-        reason: str,
-        *,
-        connect_failed: bool = False,
-        response_started: bool = False,
-        request_sent: bool = True,
-    ) -> None:
+    CONNECT = "connect"  # the replica was never reached: nothing was sent
+    SEND = "send"  # the connection failed before the whole request was written: it cannot have been processed
+    AWAIT = "await"  # the request was written, no response byte came: the replica may have processed it
+    RESPONSE = "response"  # failed in the middle of the response: the replica acted on the request
+
+
+class UpstreamError(Exception):
+    """A failed exchange with a replica; `reason` follows the replica's name ("closed the connection ...")."""
+
+    def __init__(self, reason: str, *, stage: FailureStage) -> None:
         super().__init__(reason)
         self.reason = reason
-        self.connect_failed = connect_failed  # the replica was never reached
-        self.response_started = response_started  # some response bytes arrived: never retry
-        self.request_sent = request_sent  # False: the replica cannot have seen the request
+        self.stage = stage
 
 
 class _UpstreamConnection(asyncio.Protocol):
@@ -64,6 +65,7 @@ class _UpstreamConnection(asyncio.Protocol):
         "_waiter",
         "address",
         "closed",
+        "sending",
     )
 
     def __init__(self, address: Address, on_lost: Callable[[_UpstreamConnection], None]) -> None:
@@ -79,18 +81,28 @@ class _UpstreamConnection(asyncio.Protocol):
         self._keep_alive = True
         self._framed = False
         self._headers_done = False
+        self.sending = False  # request bytes wait in the transport's buffer, not yet handed to the kernel
+
+    def is_open(self) -> bool:
+        """False once the replica's EOF or reset was seen (or we closed it): it must not carry a request."""
+        return self._transport is not None and not self._transport.is_closing()
 
     def send(self, parts: Sequence[bytes]) -> asyncio.Future[UpstreamResponse]:
         """Write one request; the future resolves with its complete response or an UpstreamError."""
         transport = self._transport
         if transport is None or transport.is_closing():
-            raise UpstreamError("the pooled connection was already closed", request_sent=False)
+            raise UpstreamError("closed the connection before the request was sent", stage=FailureStage.SEND)
         waiter: asyncio.Future[UpstreamResponse] = self._loop.create_future()
         self._waiter = waiter
         self._chunks = []
         self._framed = False
         self._headers_done = False
-        transport.writelines(parts)  # one writev with uvloop: the body is never copied
+        self.sending = False
+        # One writev with uvloop: the body is never copied. What the kernel does not take at once stays in the
+        # transport's buffer, and pause_writing() says so (the high-water mark is 0).
+        transport.writelines(parts)
+        if transport.is_closing():
+            self.sending = True  # the write itself failed; connection_lost() follows with the error
         return waiter
 
     def close(self) -> None:
@@ -110,6 +122,15 @@ class _UpstreamConnection(asyncio.Protocol):
         if sock is not None:
             with contextlib.suppress(OSError):
                 sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        # pause_writing()/resume_writing() then tell exactly when a request is still partly unwritten: a
+        # connection lost meanwhile proves the replica never had the whole request.
+        self._transport.set_write_buffer_limits(high=0)
+
+    def pause_writing(self) -> None:
+        self.sending = True
+
+    def resume_writing(self) -> None:
+        self.sending = False
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
@@ -121,11 +142,20 @@ class _UpstreamConnection(asyncio.Protocol):
                 raw = b"".join(self._chunks)
                 waiter.set_result(UpstreamResponse(status=self._status, raw=raw, keep_alive=False))
             else:
-                reason = "connection closed" if exc is None else f"connection lost ({exc})"
-                if self._chunks:
-                    reason += " in the middle of the response"
-                waiter.set_exception(UpstreamError(reason, response_started=bool(self._chunks)))
+                waiter.set_exception(self._lost(exc))
         self._on_lost(self)
+
+    def _lost(self, exc: Exception | None) -> UpstreamError:
+        if exc is None:
+            what = "closed the connection"
+        else:
+            errno = getattr(exc, "errno", None)
+            what = f"dropped the connection ({os.strerror(errno).lower() if errno else exc})"
+        if self._chunks:
+            return UpstreamError(f"{what} in the middle of the response", stage=FailureStage.RESPONSE)
+        if self.sending:
+            return UpstreamError(f"{what} before the whole request was sent", stage=FailureStage.SEND)
+        return UpstreamError(f"{what} before answering", stage=FailureStage.AWAIT)
 
     def data_received(self, data: bytes) -> None:
         if self._waiter is None:
@@ -138,7 +168,9 @@ class _UpstreamConnection(asyncio.Protocol):
         except httptools.HttpParserError as exc:
             waiter, self._waiter = self._waiter, None
             if waiter is not None and not waiter.done():
-                waiter.set_exception(UpstreamError(f"malformed response ({exc})", response_started=True))
+                waiter.set_exception(
+                    UpstreamError(f"sent a malformed response ({exc})", stage=FailureStage.RESPONSE)
+                )
             self.abort()
 
     # httptools callbacks; no on_body: the body is forwarded from the raw chunks
@@ -183,27 +215,21 @@ class UpstreamPool:
         self.retain(())
 
     async def request(
-        self, address: Address, parts: Sequence[bytes], *, replayable: bool
+        self, address: Address, parts: Sequence[bytes], *, fresh: bool = False
     ) -> UpstreamResponse:
-        """Send one request to `address` and return its complete response.
+        """Send one request to `address` once and return its complete response; raises UpstreamError.
 
-        A pooled connection that fails before any response byte is most likely one the replica closed
-        while it sat idle: the request is sent once more on a fresh connection, if it is `replayable` or
-        was never written. Raises UpstreamError.
+        It goes on the warmest idle connection that is still open (one whose EOF or reset the loop has seen
+        is skipped: it never carries the request), or on a new connection, always a new one when `fresh`.
+        Whether to send it again is the caller's decision: this never re-sends.
         """
-        idle = self._idle.get(address)
-        while idle:
-            conn = idle.pop()
-            if conn.closed:
-                continue
-            try:
-                return await self._exchange(conn, parts)
-            except UpstreamError as exc:
-                if exc.response_started or not (replayable or not exc.request_sent):
-                    raise
-                break
-        conn = await self._connect(address)
-        return await self._exchange(conn, parts)
+        if not fresh:
+            idle = self._idle.get(address)
+            while idle:
+                conn = idle.pop()
+                if conn.is_open():
+                    return await self._exchange(conn, parts)
+        return await self._exchange(await self._connect(address), parts)
 
     async def _exchange(self, conn: _UpstreamConnection, parts: Sequence[bytes]) -> UpstreamResponse:
         waiter = conn.send(parts)
@@ -212,7 +238,8 @@ class UpstreamPool:
         except BaseException:
             conn.abort()  # failed or cancelled mid-exchange: the stream is out of step
             raise
-        if not response.keep_alive or conn.closed or conn.address not in self._wanted:
+        # A connection whose request is still being written (the replica answered early) is out of step too.
+        if not response.keep_alive or conn.closed or conn.sending or conn.address not in self._wanted:
             conn.close()
             return response
         idle = self._idle.get(conn.address)
@@ -233,14 +260,13 @@ class UpstreamPool:
                 )
         except TimeoutError:
             raise UpstreamError(
-                f"connecting timed out after {self._connect_timeout:g}s",
-                connect_failed=True,
-                request_sent=False,
+                f"did not accept a connection at {address} within {self._connect_timeout:g}s",
+                stage=FailureStage.CONNECT,
             ) from None
         except OSError as exc:
             reason = os.strerror(exc.errno).lower() if exc.errno else str(exc)
             raise UpstreamError(
-                f"cannot connect to {address} ({reason})", connect_failed=True, request_sent=False
+                f"could not be reached at {address} ({reason})", stage=FailureStage.CONNECT
             ) from None
         return conn
 

@@ -82,10 +82,9 @@ def encode_response(response: Response, *, keep_alive: bool, head: bool = False)
     if response.raw is not None:
         return response.raw
     body = response.body
-    parts = [
-        b"HTTP/1.1 %d %s\r\ncontent-length: %d\r\n"
-        % (response.status, _REASONS.get(response.status, b"Unknown"), len(body))
-    ]
+    parts = [b"HTTP/1.1 %d %s\r\n" % (response.status, _REASONS.get(response.status, b"Unknown"))]
+    if response.status != 204:  # RFC 9110 8.6: a 204 carries no content-length
+        parts.append(b"content-length: %d\r\n" % len(body))
     if response.content_type is not None:
         parts.append(b"content-type: " + response.content_type + b"\r\n")
     for key, value in response.headers:

@@ -31,6 +31,7 @@ class ApiStatus(StrEnum):
     UPDATING = "updating"
     ERROR = "error"
     COMPUTE_UNAVAILABLE = "compute unavailable"
+    SCALED_TO_ZERO = "scaled to zero"  # min_replicas 0, no traffic: the first request wakes it
 
 
 class ReplicaPhase(StrEnum):
@@ -76,6 +77,11 @@ class ApiRoute:
     # Realtime predictors are idempotent by default: a request whose replica died before answering may be
     # sent to another replica once.
     retry_on_failure: bool = True
+    # Scale to zero: while the API has no ready replica, hold up to `hold_queue_limit` requests, each for up
+    # to `hold_timeout_seconds`, until a replica is published (the controller starts one on demand).
+    hold_when_empty: bool = False
+    hold_queue_limit: int = 0
+    hold_timeout_seconds: float = 0.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -88,6 +94,12 @@ class ApiTraffic:
     status_5xx: int = 0
     latency_seconds_sum: float = 0.0  # over every answered request
     in_flight: Mapping[ReplicaId, int] = field(default_factory=dict)  # queued at or running on each replica
+    held: int = 0  # requests the gateway holds while the API has no ready replica (scale from zero)
+
+    @property
+    def demand(self) -> int:
+        """In-flight requests as the autoscaler counts them: running, queued at replicas, or held."""
+        return sum(self.in_flight.values()) + self.held
 
     @property
     def requests(self) -> int:

@@ -166,12 +166,19 @@ OK = None
         ("compute", {"gpu": 0.5}, "compute.gpu: expected an integer, got 0.5"),
         ("compute", {"inf": 2}, OK),
         ("compute", {"mem": 0}, "compute.mem: must be > 0 bytes (e.g. 512Mi), got 0"),
+        ("autoscaling", {"min_replicas": 0}, OK),
         (
             "autoscaling",
-            {"min_replicas": 0},
-            "autoscaling.min_replicas: scale to zero (min_replicas: 0) is not supported yet by this version; "
-            "use min_replicas >= 1",
+            {"activation_queue_limit": 0},
+            "autoscaling.activation_queue_limit: must be >= 1, got 0",
         ),
+        (
+            "autoscaling",
+            {"activation_timeout": "0s"},
+            "autoscaling.activation_timeout: must be > 0s (e.g. 60s), got 0s",
+        ),
+        ("predictor", {"idempotent": False}, OK),
+        ("predictor", {"idempotent": "no"}, "predictor.idempotent: expected true or false, got 'no'"),
         ("autoscaling", {"min_replicas": -1}, "autoscaling.min_replicas: must be >= 0, got -1"),
         (
             "autoscaling",
@@ -433,7 +440,7 @@ def test_error_wording_for_types_unknown_and_missing_fields() -> None:
         "init_replicas, target_replica_concurrency, max_replica_concurrency, window, "
         "downscale_stabilization_period, upscale_stabilization_period, max_downscale_factor, "
         "max_upscale_factor, "
-        "downscale_tolerance, upscale_tolerance",
+        "downscale_tolerance, upscale_tolerance, activation_queue_limit, activation_timeout",
         "modelport.yaml: [0].monitoring.model_type: required: classification or regression",
     ]
     assert problems({"predictor": {"type": "python"}}) == [

@@ -38,7 +38,12 @@ from modelport.types import ApiKind
 MAX_NAME_LENGTH = 42  # Cortex's limit (a Kubernetes label less the prefixes it added)
 SUPPORTED_KINDS = (ApiKind.REALTIME,)
 RESERVED_ENDPOINTS = frozenset({"/metrics"})  # served by the gateway itself
-DURATION_FIELDS = ("window", "downscale_stabilization_period", "upscale_stabilization_period")
+DURATION_FIELDS = (
+    "window",
+    "downscale_stabilization_period",
+    "upscale_stabilization_period",
+    "activation_timeout",
+)
 ERROR_TYPE = "modelport"  # pydantic error type of our own messages; spec.errors shows them verbatim
 
 _DNS_1035 = re.compile(r"[a-z]([-a-z0-9]*[a-z0-9])?")
@@ -89,6 +94,9 @@ class PredictorSpec(_Spec):
     processes_per_replica: Int = Field(default=1, ge=1, le=100)
     threads_per_process: Int = Field(default=1, ge=1)
     image: Text | None = None  # accepted for Cortex compatibility; replicas run in the local interpreter
+    # An idempotent predictor's request may run twice: when its replica dies before answering, the gateway
+    # sends it to another replica once. `false` turns that retry off.
+    idempotent: bool = Field(default=True, strict=True)
 
     @field_validator("type", mode="before")
     @classmethod
@@ -148,8 +156,7 @@ class ComputeSpec(_Spec):
 
 
 class AutoscalingSpec(_Spec):
-    # 0 (scale to zero) parses, but is refused until the autoscaler can wake an API on a request.
-    min_replicas: Int = Field(default=1, ge=0)
+    min_replicas: Int = Field(default=1, ge=0)  # 0 = scale to zero (beyond Cortex 0.20)
     max_replicas: Int = Field(default=100, gt=0)
     init_replicas: Int = Field(default=None, validate_default=True)  # resolved to min_replicas when unset
     # Resolved by ApiSpec to processes_per_replica * threads_per_process when unset (1 * 1 here).
@@ -162,15 +169,10 @@ class AutoscalingSpec(_Spec):
     max_upscale_factor: Float = Field(default=1.5, gt=1)
     downscale_tolerance: Float = Field(default=0.05, ge=0, lt=1)
     upscale_tolerance: Float = Field(default=0.05, ge=0, lt=1)
-
-    @field_validator("min_replicas")
-    @classmethod
-    def _no_scale_to_zero_yet(cls, value: int) -> int:
-        if value == 0:
-            raise spec_error(
-                "scale to zero (min_replicas: 0) is not supported yet by this version; use min_replicas >= 1"
-            )
-        return value
+    # Scale to zero: requests that arrive while an API has no replica wait in the gateway for the first one,
+    # at most this many at once (more get 503) and each at most this long (then 503).
+    activation_queue_limit: Int = Field(default=100, ge=1, le=65535)
+    activation_timeout: Seconds = 60.0
 
     @field_validator("max_replicas")
     @classmethod
@@ -208,6 +210,13 @@ class AutoscalingSpec(_Spec):
     def _not_negative(cls, value: float) -> float:
         if value < 0:
             raise spec_error(f"must be >= 0s, got {format_duration(value)}")
+        return value
+
+    @field_validator("activation_timeout")
+    @classmethod
+    def _positive_timeout(cls, value: float) -> float:
+        if value <= 0:
+            raise spec_error(f"must be > 0s (e.g. 60s), got {format_duration(value)}")
         return value
 
 

@@ -24,6 +24,8 @@ class Settings:
     control_port: int = DEFAULT_CONTROL_PORT
     # The gateway binds here; the control API always binds loopback only.
     gateway_host: str = "127.0.0.1"
+    # How often the autoscaler decides (Cortex: 10 s). Lower it only to watch scaling in tests or demos.
+    autoscale_interval_seconds: float = 10.0
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
@@ -34,6 +36,7 @@ class Settings:
             gateway_port=_port(env, "MODELPORT_GATEWAY_PORT", DEFAULT_GATEWAY_PORT),
             control_port=_port(env, "MODELPORT_CONTROL_PORT", DEFAULT_CONTROL_PORT),
             gateway_host=env.get("MODELPORT_GATEWAY_HOST") or "127.0.0.1",
+            autoscale_interval_seconds=_seconds(env, "MODELPORT_AUTOSCALE_INTERVAL", 10.0),
         )
 
     # Where things live under home. One place, so that the daemon, the CLI and tests agree.
@@ -82,3 +85,16 @@ def _port(env: Mapping[str, str], name: str, default: int) -> int:
     if not 1 <= port <= 65535:
         raise UserInputError(f"{name}: expected a port number (1-65535), got {port}")
     return port
+
+
+def _seconds(env: Mapping[str, str], name: str, default: float) -> float:
+    raw = env.get(name)
+    if raw is None or raw == "":
+        return default
+    try:
+        seconds = float(raw)
+    except ValueError:
+        raise UserInputError(f"{name}: expected a number of seconds, got {raw!r}") from None
+    if not 0 < seconds <= 3600:
+        raise UserInputError(f"{name}: expected seconds in (0, 3600], got {raw}")
+    return seconds

@@ -157,9 +157,19 @@ class RecordingRoutes:
 class FakeTraffic:
     def __init__(self) -> None:
         self.counters: dict[ApiName, ApiTraffic] = {}
+        self.reads = 0
 
     def traffic(self) -> Mapping[ApiName, ApiTraffic]:
+        self.reads += 1
         return self.counters
+
+    # test controls
+    def load(self, api: str, *, in_flight: Mapping[str, int] | None = None, held: int = 0) -> None:
+        """Set what the gateway has in flight per replica and holds for `api`; other counters stay."""
+        name = ApiName(api)
+        current = self.counters.get(name) or ApiTraffic(api_name=name)
+        by_replica = {ReplicaId(rid): count for rid, count in (in_flight or {}).items()}
+        self.counters[name] = replace(current, in_flight=by_replica, held=held)
 
 
 class MemoryStore:
@@ -198,6 +208,7 @@ class MemoryStore:
 class ControllerOptions(TypedDict, total=False):
     tick_seconds: float
     drain_grace_seconds: float
+    autoscale_interval_seconds: float
 
 
 class Fakes:

@@ -304,6 +304,7 @@ def test_list_apis_gives_each_api_summary(harness: Harness, project: Path) -> No
             "5XX": 0,
             "avg_latency_seconds": pytest.approx(0.05),
             "in_flight": 0,
+            "held": 0,
         },
     }
 

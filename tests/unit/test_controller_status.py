@@ -36,6 +36,9 @@ def updating(ready: int, requested: int, starting: int) -> StatusReport:
     )
 
 
+LIVE = StatusReport(ApiStatus.LIVE)
+SCALED_TO_ZERO = StatusReport(ApiStatus.SCALED_TO_ZERO, "the first request starts a replica")
+NO_COMPUTE = StatusReport(ApiStatus.COMPUTE_UNAVAILABLE, "cpu: requested 4, 1.5 free")
 CRASH_REASON = "the predictor failed to start (exit code 3) 3 times: see `modelport logs iris`"
 
 CASES = [
@@ -78,7 +81,11 @@ CASES = [
         None,
         updating(0, 2, 2),
     ),
-    ("zero requested", counts(0, 0), 0, RestartBackoff(), None, updating(0, 0, 0)),
+    ("scaled to zero", counts(0, 0), 0, RestartBackoff(), None, SCALED_TO_ZERO),
+    ("at zero an old crash streak is moot", counts(0, 0), 0, crashed(3), NO_FIT, SCALED_TO_ZERO),
+    ("waking from zero", counts(1, 0, current_live=1), 0, RestartBackoff(), None, updating(0, 1, 1)),
+    ("waking without compute", counts(1, 0), 0, RestartBackoff(), NO_FIT, NO_COMPUTE),
+    ("min 0: one ready is live while more start", counts(3, 1), 0, RestartBackoff(), None, LIVE),
 ]
 
 

@@ -23,7 +23,7 @@ def test_renders_every_family_once_with_apis_sorted_and_labels_escaped() -> None
         latency_seconds_sum=1.5,
         in_flight={ReplicaId("r1"): 2, ReplicaId("r2"): 1},
     )
-    odd = ApiTraffic(api_name=ApiName('a"b\\c'))
+    odd = ApiTraffic(api_name=ApiName('a"b\\c'), held=3)
     text = render_metrics(
         [MetricsSample(traffic=iris, ready_replicas=2), MetricsSample(traffic=odd, ready_replicas=0)]
     ).decode()
@@ -46,6 +46,10 @@ def test_renders_every_family_once_with_apis_sorted_and_labels_escaped() -> None
         "# TYPE modelport_in_flight_requests gauge\n"
         'modelport_in_flight_requests{api="a\\"b\\\\c"} 0\n'
         'modelport_in_flight_requests{api="iris"} 3\n'
+        "# HELP modelport_held_requests Requests waiting in the gateway for a replica (scale from zero).\n"
+        "# TYPE modelport_held_requests gauge\n"
+        'modelport_held_requests{api="a\\"b\\\\c"} 3\n'
+        'modelport_held_requests{api="iris"} 0\n'
         "# HELP modelport_ready_replicas Replicas the gateway routes requests to.\n"
         "# TYPE modelport_ready_replicas gauge\n"
         'modelport_ready_replicas{api="a\\"b\\\\c"} 0\n'
@@ -55,5 +59,5 @@ def test_renders_every_family_once_with_apis_sorted_and_labels_escaped() -> None
 
 def test_no_apis_still_declares_the_families() -> None:
     text = render_metrics([]).decode()
-    assert text.count("# TYPE ") == 4
+    assert text.count("# TYPE ") == 5
     assert "{" not in text

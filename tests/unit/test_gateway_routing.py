@@ -66,6 +66,7 @@ def test_get_on_an_endpoint_summarises_the_api_with_or_without_a_trailing_slash(
             "api": "iris",
             "status": "live",
             "ready_replicas": 2,
+            "held": 0,
             "endpoint": "/iris",
             "message": "send a POST request with your payload to predict",
         }

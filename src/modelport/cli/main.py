@@ -387,15 +387,22 @@ def get(ctx: Context, api: str | None, watch: bool, **_: Any) -> None:
 @pass_context
 @_fail_cleanly
 def describe(ctx: Context, api: str, **_: Any) -> None:
-    """One row per replica of API: state, revision, in-flight requests, restarts, age."""
+    """One row per replica of API (state, revision, in-flight requests, restarts, age), then the recent
+    autoscaling events."""
     detail = ctx.client().get_api(api)
     if _wants_json():
-        output.print_json(detail["replicas"])
+        output.print_json(
+            {"replicas": detail["replicas"], "autoscaling_events": detail["autoscaling_events"]}
+        )
         return
-    if not detail["replicas"]:
+    now = time.time()
+    if detail["replicas"]:
+        output.stdout.print(output.replicas_table(detail["replicas"], now=now))
+    else:
         output.stdout.print(f"{api} has no replicas (status {detail['status']})")
-        return
-    output.stdout.print(output.replicas_table(detail["replicas"], now=time.time()))
+    if detail["autoscaling_events"]:
+        output.stdout.print("\nrecent autoscaling events", style="bold")
+        output.stdout.print(output.events_table(detail["autoscaling_events"], now=now))
 
 
 @cli.command()

@@ -74,7 +74,13 @@ def latency(seconds: float | None) -> str:
     return f"{seconds:.1f}s"
 
 
-_STATUS_STYLE = {"live": "green", "updating": "yellow", "error": "red", "compute unavailable": "red"}
+_STATUS_STYLE = {
+    "live": "green",
+    "updating": "yellow",
+    "error": "red",
+    "compute unavailable": "red",
+    "scaled to zero": "blue",
+}
 
 
 def _status(status: str) -> Text:
@@ -116,6 +122,18 @@ def replicas_table(replicas: Sequence[dict[str, Any]], *, now: float) -> Table:
             str(replica["in_flight"]),
             str(replica["restarts"]),
             age(now - replica["started_at"]),
+        )
+    return table
+
+
+def events_table(events: Sequence[dict[str, Any]], *, now: float) -> Table:
+    """Autoscaling decisions, newest last, in the words the daemon logs them."""
+    table = _table("age", "event")
+    for event in events:
+        table.add_row(
+            age(now - event["at"]),
+            f"autoscaling event: {event['from_replicas']} -> {event['to_replicas']} "
+            f"(in-flight {event['avg_in_flight']:.1f}, target {event['target']:g})",
         )
     return table
 

@@ -129,6 +129,7 @@ async def run_daemon(settings: Settings) -> int:
             store=store,
             clock=clock,
             drain_grace_seconds=REPLICA_KILL_AFTER_SECONDS,
+            autoscale_interval_seconds=settings.autoscale_interval_seconds,
         )
         removed = snapshot.prune(
             keep=store.load_apis(), snapshots_dir=settings.snapshots_dir, specs_dir=settings.specs_dir
@@ -219,6 +220,7 @@ def spawn_daemon(settings: Settings, *, is_ready: Callable[[], bool], timeout: f
             "MODELPORT_GATEWAY_PORT": str(settings.gateway_port),
             "MODELPORT_CONTROL_PORT": str(settings.control_port),
             "MODELPORT_GATEWAY_HOST": settings.gateway_host,
+            "MODELPORT_AUTOSCALE_INTERVAL": f"{settings.autoscale_interval_seconds:g}",
             "PYTHONUNBUFFERED": "1",
         }
     )

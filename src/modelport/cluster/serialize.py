@@ -31,6 +31,7 @@ def api_summary(view: ApiView, *, gateway_url: str) -> dict[str, Any]:
             "5XX": traffic.status_5xx if traffic else 0,
             "avg_latency_seconds": avg,
             "in_flight": sum(traffic.in_flight.values()) if traffic else 0,
+            "held": traffic.held if traffic else 0,
         },
     }
 
@@ -54,6 +55,16 @@ def replica_json(replica: ReplicaView) -> dict[str, Any]:
 def api_detail(view: ApiView, *, gateway_url: str) -> dict[str, Any]:
     detail = api_summary(view, gateway_url=gateway_url)
     detail["replicas"] = [replica_json(r) for r in view.replicas]
+    detail["autoscaling_events"] = [
+        {
+            "at": event.at,
+            "from_replicas": event.from_replicas,
+            "to_replicas": event.to_replicas,
+            "avg_in_flight": event.avg_in_flight,
+            "target": event.target,
+        }
+        for event in view.events
+    ]
     detail["spec"] = view.spec.to_display_dict()
     endpoint = detail["endpoint"]
     detail["example_curl"] = f'curl {endpoint} -X POST -H "Content-Type: application/json" -d @sample.json'

@@ -34,6 +34,7 @@ from modelport.controller.ports import (
     StateStore,
     TrafficSource,
 )
+from modelport.controller.scaling import Autoscalers
 from modelport.controller.status import ReplicaCounts, StatusReport, count_replicas, derive_status
 from modelport.controller.views import ApiView, build_api_view, build_route
 from modelport.errors import NotFoundError
@@ -62,6 +63,7 @@ class Controller:
         clock: Clock,
         tick_seconds: float = 0.1,
         drain_grace_seconds: float = 30.0,
+        autoscale_interval_seconds: float = 10.0,
         backoff: BackoffPolicy | None = None,
         logger: logging.Logger | None = None,
     ) -> None:
@@ -84,6 +86,9 @@ class Controller:
         self._log_paths: dict[ApiName, dict[ReplicaId, Path]] = {}  # exited replicas' logs stay readable
         self._published: Mapping[ApiName, ApiRoute] = {}
         self._reported: dict[ApiName, StatusReport] = {}
+        # Each API's requested replicas, decided by the autoscaler every `autoscale_interval_seconds`
+        # (Cortex's operator: every 10 s) from in-flight sampled once a second.
+        self._autoscalers = Autoscalers(interval=autoscale_interval_seconds, log=self._log)
 
     # ---- commands (from the control API; each returns once the desired state is durable) ----
 
@@ -97,7 +102,7 @@ class Controller:
         self._desired[name] = desired
         self._new_target(name)
         verb, change = ("creating", "") if known is None else ("updating", f"{_short(known.revision)} -> ")
-        replicas = _requested(desired)
+        replicas = self._autoscalers.deploy(name, desired.spec.autoscaling, now=self._clock.monotonic())
         self._log.info(
             "%s api %s (revision %s%s): %d replicas", verb, name, change, _short(desired.revision), replicas
         )
@@ -110,6 +115,7 @@ class Controller:
         del self._desired[name]
         for state in (self._backoff, self._compute, self._log_paths, self._reported):
             state.pop(name, None)
+        self._autoscalers.remove(name)
         self._log.info("deleting api %s", name)
         # The API is gone from the desired state; should this clean-up fail, the next tick redoes it.
         try:
@@ -141,6 +147,9 @@ class Controller:
         the backend (they then appear in observe()) or reaped by the caller before this runs."""
         for api in self._store.load_apis():
             self._desired[api.name] = api
+            # The autoscaler's window and count are not persisted: a restarted daemon starts every API
+            # at init_replicas again (adopted replicas above that count are stopped), as Cortex did.
+            self._autoscalers.deploy(api.name, api.spec.autoscaling, now=self._clock.monotonic())
             self._log.info("restored api %s (revision %s)", api.name, _short(api.revision))
         running = {r.replica_id for r in self._backend.observe()}
         for record in self._store.load_replicas():
@@ -185,7 +194,8 @@ class Controller:
         await self._backend.shutdown(grace_seconds=self._drain_grace)
 
     async def tick(self) -> None:
-        """One reconcile pass: observe -> account -> plan -> apply -> publish, each phase guarded."""
+        """One reconcile pass: observe -> account -> autoscale -> plan -> apply -> publish, each phase
+        guarded."""
         observed: Sequence[ObservedReplica] | None = None
         with self._phase("poll"):
             await self._backend.poll()
@@ -195,6 +205,14 @@ class Controller:
             return  # without observations every decision would be a guess
         with self._phase("account"):
             self._account(observed)
+        seen = observed  # narrowed to a Sequence for the closure below
+        with self._phase("autoscale"):
+            self._autoscalers.tick(
+                self._traffic,
+                now=self._clock.monotonic(),
+                wall=self._clock.wall(),
+                hold_reason=lambda name: self._hold_reason(name, seen),
+            )
         stops: list[_Stop] = []
         launches: dict[ApiName, int] = {}
         with self._phase("plan"):
@@ -261,7 +279,7 @@ class Controller:
         for name, desired in self._desired.items():
             try:
                 own = [r for r in live if r.api_name == name]
-                replicas = _requested(desired)
+                replicas = self._autoscalers.requested(name)
                 strategy = desired.spec.update_strategy
                 plan = plan_rollout(
                     own,
@@ -274,7 +292,9 @@ class Controller:
                 self._log.exception("planning api %s failed; it is left as it is this pass", name)
                 continue
             by_id = {r.replica_id: r for r in own}
-            stops.extend(_Stop(by_id[rid], _stop_reason(by_id[rid], desired)) for rid in plan.stop)
+            stops.extend(
+                _Stop(by_id[rid], _stop_reason(by_id[rid], desired, requested=replicas)) for rid in plan.stop
+            )
             if plan.start:
                 launches[name] = plan.start
         # Replicas of APIs nobody wants (deleted, or left by a previous daemon).
@@ -363,7 +383,7 @@ class Controller:
         counts = count_replicas(
             (r for r in own if r.replica_id not in self._stopping),
             target=Target.of(desired),
-            requested=_requested(desired),
+            requested=self._autoscalers.requested(name),
         )
         report = derive_status(
             counts,
@@ -375,6 +395,24 @@ class Controller:
         )
         return counts, report
 
+    def _hold_reason(self, name: ApiName, observed: Sequence[ObservedReplica]) -> str | None:
+        """Why the autoscaler must keep an API's count as it is, None when nothing holds it.
+
+        Replicas that crash on start or do not fit would only multiply: the count stays, and the restart
+        backoff and the compute check (in _start) decide when the replicas it asks for may start."""
+        desired = self._desired.get(name)
+        if desired is None:
+            return None
+        counts, report = self._assess(desired, [r for r in observed if r.api_name == name])
+        if report.status is ApiStatus.COMPUTE_UNAVAILABLE:
+            return f"compute unavailable ({report.reason})"
+        backoff = self._backoff.get(name)
+        if report.status is ApiStatus.ERROR or (
+            backoff is not None and backoff.never_ready_failures > 0 and counts.up_to_date == 0
+        ):
+            return "its replicas fail to start"
+        return None
+
     def _report(self, name: ApiName, report: StatusReport) -> None:
         if self._reported.get(name) == report:
             return
@@ -383,6 +421,8 @@ class Controller:
             self._log.info("api %s is live", name)
         elif report.status is ApiStatus.UPDATING:
             self._log.info("api %s is updating", name)
+        elif report.status is ApiStatus.SCALED_TO_ZERO:
+            self._log.info("api %s is scaled to zero", name)
         else:
             self._log.warning("api %s: %s: %s", name, report.status, report.reason)
 
@@ -400,6 +440,7 @@ class Controller:
             stopping=self._stopping,
             restarts=self._backoff.get(name, RestartBackoff()).failures,
             traffic=traffic.get(name) or ApiTraffic(api_name=name),
+            events=self._autoscalers.events(name),
         )
 
     def _remember_logs(self, observed: Sequence[ObservedReplica]) -> None:
@@ -437,18 +478,12 @@ class Controller:
             self._log.exception("%s failed; the loop goes on", what)
 
 
-def _requested(desired: DesiredApi) -> int:
-    """Replicas wanted now: init_replicas within [min, max] until an autoscaler decides."""
-    scaling = desired.spec.autoscaling
-    return max(scaling.min_replicas, min(scaling.init_replicas, scaling.max_replicas))
-
-
-def _stop_reason(replica: ObservedReplica, desired: DesiredApi) -> str:
+def _stop_reason(replica: ObservedReplica, desired: DesiredApi, *, requested: int) -> str:
     if replica.revision != desired.revision:
         return "old revision"
     if replica.generation != desired.generation:
         return "refresh"
-    return f"scaling down to {_requested(desired)}"
+    return f"scaling down to {requested}"
 
 
 def _short(revision: str) -> str:

@@ -1,4 +1,5 @@
-"""API status derivation (live / updating / error / compute unavailable), pure and from observed state only.
+"""API status derivation (live / updating / error / compute unavailable / scaled to zero), pure and from
+observed state only.
 
 Follows Cortex 0.20's order of checks. Called by controller.loop for the route table and the CLI's views.
 """
@@ -12,6 +13,8 @@ from modelport.controller.backoff import BackoffPolicy, RestartBackoff, is_crash
 from modelport.controller.plan import LIVE_PHASES, Target
 from modelport.controller.ports import ComputeVerdict, ObservedReplica
 from modelport.types import ApiName, ApiStatus, ReplicaPhase
+
+SCALED_TO_ZERO_REASON = "the first request starts a replica"
 
 
 @dataclass(frozen=True, slots=True)
@@ -57,6 +60,9 @@ def derive_status(
     """The API's status; `compute` is the last verdict of a wanted start that did not fit, else None."""
     if counts.requested > 0 and counts.up_to_date >= counts.requested:
         return StatusReport(ApiStatus.LIVE)
+    if counts.requested == 0 and counts.current_live == 0 and counts.stale == 0:
+        # Whatever crashed or did not fit before is moot until a request wakes the API.
+        return StatusReport(ApiStatus.SCALED_TO_ZERO, SCALED_TO_ZERO_REASON)
     if counts.up_to_date == 0 and is_crash_looping(backoff, policy):
         reason = crash_loop_reason(api_name, backoff)
         if counts.stale:
@@ -64,7 +70,9 @@ def derive_status(
         return StatusReport(ApiStatus.ERROR, reason)
     if compute is not None and not compute.fits and counts.current_live == 0:
         return StatusReport(ApiStatus.COMPUTE_UNAVAILABLE, compute.missing or "not enough compute")
-    if min_replicas > 0 and counts.up_to_date >= min_replicas:
+    # Serving with at least min_replicas (and at least one: with min_replicas 0 a replica must answer)
+    # while the autoscaler's extra replicas start is live, as in Cortex.
+    if counts.up_to_date >= max(min_replicas, 1):
         return StatusReport(ApiStatus.LIVE)
     return StatusReport(ApiStatus.UPDATING, _progress(counts, api_name))
 

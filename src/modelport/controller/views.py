@@ -13,6 +13,7 @@ from pathlib import Path
 
 from modelport.controller.plan import LIVE_PHASES, Target
 from modelport.controller.ports import DesiredApi, ObservedReplica
+from modelport.controller.scaling import AutoscalingEvent
 from modelport.controller.status import ReplicaCounts, StatusReport
 from modelport.spec.model import ApiSpec
 from modelport.types import (
@@ -56,6 +57,7 @@ class ApiView:
     last_updated: float  # wall clock of the last deploy or refresh
     traffic: ApiTraffic
     replicas: tuple[ReplicaView, ...]  # ordered by start time
+    events: tuple[AutoscalingEvent, ...]  # recent changes of `requested`, oldest first
 
 
 def build_api_view(
@@ -67,6 +69,7 @@ def build_api_view(
     stopping: AbstractSet[ReplicaId],
     restarts: int,
     traffic: ApiTraffic,
+    events: tuple[AutoscalingEvent, ...],
 ) -> ApiView:
     """One API as `modelport get` shows it; `replicas` are the API's, in any order."""
     target = Target.of(desired)
@@ -101,6 +104,7 @@ def build_api_view(
             )
             for r in sorted(replicas, key=lambda r: (r.started_at, r.replica_id))
         ),
+        events=events,
     )
 
 
@@ -121,11 +125,19 @@ def build_route(
         ),
         key=lambda t: t.replica_id,
     )
+    scaling = desired.spec.autoscaling
+    # Only an API that may scale to zero has its requests held while it has no ready replica; any other
+    # API without one answers 503 at once, with its status as the reason.
+    hold = scaling.min_replicas == 0
     return ApiRoute(
         api_name=desired.name,
         endpoint=desired.spec.networking.endpoint,
         replicas=tuple(serving),
-        max_replica_concurrency=desired.spec.autoscaling.max_replica_concurrency,
+        max_replica_concurrency=scaling.max_replica_concurrency,
         status=report.status,
         unavailable_reason=report.reason,
+        retry_on_failure=desired.spec.predictor.idempotent,
+        hold_when_empty=hold,
+        hold_queue_limit=scaling.activation_queue_limit if hold else 0,
+        hold_timeout_seconds=scaling.activation_timeout if hold else 0.0,
     )

@@ -6,34 +6,42 @@ counters; HTTP clients send predictions through it to replicas.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import Callable, Mapping
 
 from modelport.clock import Clock, SystemClock
 from modelport.gateway.cors import allow_any_origin, preflight
 from modelport.gateway.forwarding import ForwardedRequest, forward_request
+from modelport.gateway.holding import HoldEnd
 from modelport.gateway.metrics import CONTENT_TYPE, MetricsSample, render_metrics
 from modelport.gateway.retry import NO_OTHER_REPLICA, FailedAttempt, Next, after_failure, failure_message
-from modelport.gateway.routing import ApiState, RouteTable
+from modelport.gateway.routing import WAITING_WONT_HELP, ApiState, RouteTable
 from modelport.gateway.upstream import FailureStage, UpstreamError, UpstreamPool
 from modelport.http.server import HttpServer, Request, Response, error_response, json_response
-from modelport.types import Address, ApiName, ApiRoute, ApiStatus, ApiTraffic
+from modelport.types import Address, ApiName, ApiRoute, ApiTraffic, ReplicaTarget
 
 log = logging.getLogger(__name__)
 
 _SYSTEM_CLOCK = SystemClock()
 _RETRY_AFTER = ((b"retry-after", b"1"),)
-# An API in these states gets no replica by waiting a second: its 503 body says what to fix instead.
-_WAITING_WONT_HELP = frozenset((ApiStatus.ERROR, ApiStatus.COMPUTE_UNAVAILABLE))
 _OWN_METHODS = b"GET, HEAD"
 _ENDPOINT_METHODS = b"GET, HEAD, POST, OPTIONS"
 
 
 class Gateway:
-    """Routes `POST <endpoint>` to the least busy replica of the API; see docs/architecture.md."""
+    """Routes `POST <endpoint>` to the least busy replica of the API; see docs/architecture.md.
+
+    Scale from zero: a request for an API whose route has no replica and `hold_when_empty` waits in line
+    until publish() brings a replica (within the route's queue limit and timeout). Held requests go to the
+    replicas oldest first; those the replicas have no room for (max_replica_concurrency) keep their place
+    until a slot frees up or their timeout passes, rather than get a capacity 503: they already waited for
+    the replica. A request arriving while the route has replicas is never held (at capacity: 503 at once).
+    """
 
     def __init__(self, *, clock: Clock = _SYSTEM_CLOCK, upstream_connect_timeout: float = 2.0) -> None:
         self._clock = clock
+        self._draining = False
         self._table = RouteTable()
         self._pool = UpstreamPool(connect_timeout=upstream_connect_timeout)
         self._server = HttpServer(self.handle, on_handler_error=_log_handler_error)
@@ -60,7 +68,11 @@ class Gateway:
         self._server.stop_accepting()
 
     async def drain(self, timeout: float) -> bool:  # noqa: ASYNC109 (the contract shared with HttpServer)
-        """Stop accepting, let in-flight requests finish (up to `timeout` s); True if all did."""
+        """Stop accepting, answer held requests 503 at once (no replica will come for them now), let in-flight
+        requests finish (up to `timeout` s); True if all did."""
+        self._draining = True
+        for _, state in self._table.items():
+            state.end_held(HoldEnd.SHUTDOWN)
         return await self._server.drain(timeout)
 
     def close(self) -> None:
@@ -97,66 +109,80 @@ class Gateway:
 
     async def _forward(self, state: ApiState, request: Request, start: float) -> Response:
         route = state.route
-        if not route.replicas:
-            body = {
-                "error": f"api {route.api_name} is not ready (status {route.status})",
-                "reason": route.unavailable_reason,
-            }
-            headers = () if route.status in _WAITING_WONT_HELP else _RETRY_AFTER
-            return self._counted(
-                state, start, _cross_origin(request, json_response(503, body, headers=headers))
-            )
-        target = state.pick()
-        if target is None:
-            message = (
-                f"api {route.api_name} is at capacity: every replica holds max_replica_concurrency "
-                f"({route.max_replica_concurrency}) requests; retry later"
-            )
-            response = json_response(503, {"error": message}, headers=_RETRY_AFTER)
-            return self._counted(state, start, _cross_origin(request, response))
+        if route.replicas:
+            target = state.pick()
+            if target is None:
+                message = (
+                    f"api {route.api_name} is at capacity: every replica holds max_replica_concurrency "
+                    f"({route.max_replica_concurrency}) requests; retry later"
+                )
+                response = json_response(503, {"error": message}, headers=_RETRY_AFTER)
+                return self._counted(state, start, _cross_origin(request, response))
+            state.acquire(target.replica_id)
+        elif not state.holds():
+            return self._counted(state, start, _cross_origin(request, _not_ready(route)))
+        else:
+            outcome = HoldEnd.SHUTDOWN if self._draining else await state.hold(asyncio.get_running_loop())
+            if not isinstance(outcome, ReplicaTarget):
+                response = _cross_origin(request, _unheld(route, outcome, now=state.route))
+                return self._counted(state, start, response)
+            target = outcome  # its slot is ours already
+        return await self._send(state, request, target, start=start)
 
+    async def _send(
+        self, state: ApiState, request: Request, target: ReplicaTarget, *, start: float
+    ) -> Response:
+        """Send to `target`, whose slot this request holds, and release the slot once answered. A retry on
+        another replica takes the new slot before it gives the old one back: a held request woken by the
+        freed slot cannot push a replica past max_replica_concurrency."""
+        route = state.route
         forwarded = forward_request(request)
         parts = (forwarded.head, request.body)
         # The failure path only: the request's writes to replicas (the retry policy's budget) and what failed.
         sends = 0
         attempts: tuple[FailedAttempt, ...] = ()
         fresh = False
-        while True:
-            replica = target.replica_id
-            state.acquire(replica)
-            try:
-                upstream = await self._pool.request(target.address, parts, fresh=fresh)
-            except UpstreamError as exc:
-                failure = exc
-            else:
-                response = Response(
-                    status=upstream.status, raw=upstream.raw, close_connection=not upstream.keep_alive
-                )
-                if forwarded.has_origin:
-                    allow_any_origin(response)
-                return self._counted(state, start, response)
-            finally:
-                state.release(replica)
-
-            attempts += (FailedAttempt(replica=replica, failure=failure),)
-            if failure.stage is FailureStage.CONNECT:
-                state.mark_down(replica)
-            else:
-                sends += 1
-            decision = after_failure(failure.stage, sends=sends, retry_on_failure=route.retry_on_failure)
-            why_not = decision.why_not
-            fresh = decision.next is Next.SAME_REPLICA
-            if decision.next is Next.OTHER_REPLICA:
-                retry = state.pick(exclude=[attempt.replica for attempt in attempts])
-                if retry is None:
-                    why_not = NO_OTHER_REPLICA
+        try:
+            while True:
+                replica = target.replica_id
+                try:
+                    upstream = await self._pool.request(target.address, parts, fresh=fresh)
+                except UpstreamError as exc:
+                    failure = exc
                 else:
-                    target = retry
-            if why_not:
-                return self._failed(state, forwarded, start=start, attempts=attempts, why_not=why_not)
-            log.info(
-                "api %s: replica %s %s; sending the request again", route.api_name, replica, failure.reason
-            )
+                    response = Response(
+                        status=upstream.status, raw=upstream.raw, close_connection=not upstream.keep_alive
+                    )
+                    if forwarded.has_origin:
+                        allow_any_origin(response)
+                    return self._counted(state, start, response)
+
+                attempts += (FailedAttempt(replica=replica, failure=failure),)
+                if failure.stage is FailureStage.CONNECT:
+                    state.mark_down(replica)
+                else:
+                    sends += 1
+                decision = after_failure(failure.stage, sends=sends, retry_on_failure=route.retry_on_failure)
+                why_not = decision.why_not
+                fresh = decision.next is Next.SAME_REPLICA
+                if decision.next is Next.OTHER_REPLICA:
+                    retry = state.pick(exclude=[attempt.replica for attempt in attempts])
+                    if retry is None:
+                        why_not = NO_OTHER_REPLICA
+                    else:
+                        state.acquire(retry.replica_id)
+                        state.release(replica)
+                        target = retry
+                if why_not:
+                    return self._failed(state, forwarded, start=start, attempts=attempts, why_not=why_not)
+                log.info(
+                    "api %s: replica %s %s; sending the request again",
+                    route.api_name,
+                    replica,
+                    failure.reason,
+                )
+        finally:
+            state.release(target.replica_id)
 
     def _failed(
         self,
@@ -194,6 +220,7 @@ class Gateway:
             "api": route.api_name,
             "status": route.status.value,
             "ready_replicas": len(route.replicas),
+            "held": state.held,
             "endpoint": route.endpoint,
             "message": "send a POST request with your payload to predict",
         }
@@ -205,6 +232,46 @@ class Gateway:
             for _, state in self._table.items()
         ]
         return Response(status=200, body=render_metrics(samples), content_type=CONTENT_TYPE)
+
+
+def _unheld(route: ApiRoute, end: HoldEnd, *, now: ApiRoute) -> Response:
+    """The answer to a request that stopped waiting without a replica slot: `route` is the one it arrived on,
+    `now` the API's latest."""
+    api = route.api_name
+    if end is HoldEnd.FULL:
+        message = (
+            f"api {api} has no ready replica yet and already holds {route.hold_queue_limit} requests "
+            "waiting for one (autoscaling.activation_queue_limit); retry later"
+        )
+        return json_response(503, {"error": message}, headers=_RETRY_AFTER)
+    if end is HoldEnd.TIMED_OUT:
+        within = f"within {route.hold_timeout_seconds:g} s (autoscaling.activation_timeout)"
+        if now.replicas:  # the replica came, but was kept busy by the requests ahead of this one
+            message = (
+                f"api {api} had no replica with room {within}: every replica holds max_replica_concurrency "
+                f"({now.max_replica_concurrency}) requests; retry later"
+            )
+        else:
+            message = f"api {api} had no ready replica {within}"
+        return json_response(503, {"error": message}, headers=_RETRY_AFTER)
+    if end is HoldEnd.REMOVED:
+        return error_response(404, f"api {api} was deleted while this request waited for a replica")
+    if end is HoldEnd.SHUTDOWN:
+        message = f"the gateway is shutting down; api {api} had no ready replica for this request yet"
+        response = error_response(503, message)
+        response.close_connection = True
+        return response
+    return _not_ready(now)  # NOT_HOLDING: the latest route says why no replica will come by waiting
+
+
+def _not_ready(route: ApiRoute) -> Response:
+    body = {
+        "error": f"api {route.api_name} is not ready (status {route.status})",
+        "reason": route.unavailable_reason,
+    }
+    # Retry-After only where waiting a second may bring a replica: otherwise the reason says what to fix.
+    headers = () if route.status in WAITING_WONT_HELP else _RETRY_AFTER
+    return json_response(503, body, headers=headers)
 
 
 def _cross_origin(request: Request, response: Response) -> Response:

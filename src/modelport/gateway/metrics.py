@@ -73,6 +73,14 @@ def render_metrics(samples: Iterable[MetricsSample]) -> bytes:
         in_flight = sum(sample.traffic.in_flight.values())
         lines.append(f'modelport_in_flight_requests{{api="{_label(sample.traffic.api_name)}"}} {in_flight}')
     lines += [
+        "# HELP modelport_held_requests Requests waiting in the gateway for a replica (scale from zero).",
+        "# TYPE modelport_held_requests gauge",
+    ]
+    for sample in rows:
+        lines.append(
+            f'modelport_held_requests{{api="{_label(sample.traffic.api_name)}"}} {sample.traffic.held}'
+        )
+    lines += [
         "# HELP modelport_ready_replicas Replicas the gateway routes requests to.",
         "# TYPE modelport_ready_replicas gauge",
     ]

@@ -10,7 +10,7 @@ import sys
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +28,7 @@ class Cluster:
     home: Path
     gateway_port: int
     control_port: int
+    extra_env: dict[str, str] = field(default_factory=dict)
 
     @property
     def env(self) -> dict[str, str]:
@@ -36,6 +37,7 @@ class Cluster:
             MODELPORT_HOME=str(self.home),
             MODELPORT_GATEWAY_PORT=str(self.gateway_port),
             MODELPORT_CONTROL_PORT=str(self.control_port),
+            **self.extra_env,
         )
         return env
 
@@ -107,9 +109,12 @@ def copy_example(name: str, destination: Path) -> Path:
 
 
 @pytest.fixture(scope="module")
-def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
+def cluster(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
+    """One cluster per test module; a module's CLUSTER_ENV (a dict) adds settings, e.g. a short autoscale
+    interval."""
     home = tmp_path_factory.mktemp("home")
-    instance = Cluster(home=home, gateway_port=free_port(), control_port=free_port())
+    extra_env = dict(getattr(request.module, "CLUSTER_ENV", {}))
+    instance = Cluster(home=home, gateway_port=free_port(), control_port=free_port(), extra_env=extra_env)
     started = instance.cli("cluster", "up")
     assert started.returncode == 0, started.stderr
     daemon = psutil.Process(instance.daemon_pid())

@@ -11,8 +11,9 @@ Scenarios (issue "Scaling and resilience"):
   concurrent requests of 0.2 s; seconds from the step to the first added replica serving (goal < 15 s).
 - scale from zero: `iris-classifier` with min_replicas 0; first response latency from 0 replicas, next to
   the predictor's own load time from its replica log (goal: < 1.5 s plus that load time).
-- downscale: after the load stops, seconds until replicas are back at min_replicas, and the number of
-  failed requests over the whole run (goal 0).
+- downscale: after the load stops (the 1-client baseline goes on), seconds until replicas are back at
+  min_replicas (downscale_stabilization_period 20s, max_downscale_factor 0 so that the way down is one
+  step), and the number of failed requests over the whole run (goal 0).
 """
 
 from __future__ import annotations
@@ -144,6 +145,7 @@ SLEEP_SPEC = """\
     window: 10s
     upscale_stabilization_period: 0s
     downscale_stabilization_period: 20s
+    max_downscale_factor: 0  # allow the whole way down in one step once the period has passed
 """
 
 IRIS_SPEC = """\
@@ -237,7 +239,7 @@ def main() -> None:
         (
             "downscale: load stop to back at min_replicas",
             fmt(scaling["downscale_seconds"]),
-            "stabilization 20s",
+            "window 10s + stabilization 20s",
         ),
         (
             "failed requests during scale up and down",

@@ -557,3 +557,86 @@ def test_children_do_not_outlive_the_parent(start_replica: StartReplica, tmp_pat
             return True
 
     wait_until(child_gone, message="the child to exit after its parent died")
+
+
+# server-side batching
+
+BATCHING = """
+import itertools, os, pathlib, time
+
+class PythonPredictor:
+    def __init__(self, config):
+        self.gate = pathlib.Path(config["gate"])
+        self.batches = itertools.count(1)
+
+    def predict(self, payload, query_params):
+        batch = next(self.batches)
+        while batch == 1 and not self.gate.exists():  # the first batch holds the predictor: others pile up
+            time.sleep(0.002)
+        return [
+            {"id": item["id"], "echo": query.get("echo"), "batch": [os.getpid(), batch], "size": len(payload)}
+            for item, query in zip(payload, query_params)
+        ]
+"""
+
+
+def _server_connections(replica: Replica) -> int:
+    """Connections to the replica's port that one of its processes has accepted."""
+    root = psutil.Process(replica.process.pid)
+    return sum(
+        1
+        for member in (root, *root.children())
+        for connection in member.net_connections(kind="tcp")
+        if connection.status == psutil.CONN_ESTABLISHED and connection.laddr.port == replica.port
+    )
+
+
+def test_concurrent_requests_are_batched_and_each_caller_gets_its_own_answer(
+    start_replica: StartReplica, tmp_path: Path
+) -> None:
+    gate = tmp_path / "gate"
+    replica = start_replica(
+        BATCHING,
+        processes_per_replica=2,
+        server_side_batching={"max_batch_size": 8, "batch_interval": "50ms"},
+        config={"gate": str(gate)},
+    )
+    replica.wait_ready()
+    count = 20
+    replies: dict[int, HttpReply] = {}
+
+    def call(n: int) -> None:
+        replies[n] = replica.predict({"id": n}, path=f"/predict?echo=e{n}")
+
+    clients = [threading.Thread(target=call, args=(n,)) for n in range(count)]
+    for client in clients:
+        client.start()
+    wait_until(lambda: _server_connections(replica) >= count, message="every request accepted")
+    gate.touch()
+    for client in clients:
+        client.join(timeout=30)
+
+    assert sorted(replies) == list(range(count))
+    assert all(reply.status == 200 for reply in replies.values())
+    answers = {n: reply.json() for n, reply in replies.items()}
+    assert all(answers[n]["id"] == n and answers[n]["echo"] == f"e{n}" for n in range(count))
+    sizes: dict[tuple[int, int], int] = {}
+    for answer in answers.values():
+        sizes.setdefault(tuple(answer["batch"]), answer["size"])
+    members = {batch: sum(1 for a in answers.values() if tuple(a["batch"]) == batch) for batch in sizes}
+    assert members == sizes  # every request of a batch saw the same size, and sizes add up to `count`
+    assert max(sizes.values()) > 1 and max(sizes.values()) <= 8
+
+    metrics = replica.request("GET", "/metrics")
+    assert metrics.status == 200 and metrics.headers["content-type"].startswith("text/plain")
+    samples = dict(line.rsplit(" ", 1) for line in metrics.body.decode().splitlines() if line[0] != "#")
+    # Both processes count into one histogram: whichever answers /metrics shows every batch.
+    assert samples["modelport_batch_size_count"] == str(len(sizes))
+    assert samples["modelport_batch_size_sum"] == str(count)
+    for bound in (1, 2, 4, 8, 16):
+        expected = sum(1 for size in sizes.values() if size <= bound)
+        assert samples[f'modelport_batch_size_bucket{{le="{bound}"}}'] == str(expected), bound
+    assert samples['modelport_batch_size_bucket{le="+Inf"}'] == str(len(sizes))
+
+    replica.process.send_signal(signal.SIGTERM)  # a batching replica drains and stops like any other
+    assert replica.exit_code() == 0

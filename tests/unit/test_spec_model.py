@@ -15,6 +15,7 @@ from modelport.spec.model import (
     ComputeSpec,
     NetworkingSpec,
     PredictorSpec,
+    ServerSideBatchingSpec,
     UpdateStrategySpec,
 )
 from modelport.spec.units import (
@@ -66,6 +67,7 @@ def problems(api: dict[str, Any]) -> list[str]:
         ("predictor", "processes_per_replica", 1),
         ("predictor", "threads_per_process", 1),
         ("predictor", "image", None),
+        ("predictor", "server_side_batching", None),
         ("compute", "cpu", 0.2),
         ("compute", "gpu", 0),
         ("compute", "inf", 0),
@@ -136,6 +138,65 @@ def test_constructing_in_python_resolves_the_same_defaults() -> None:
     assert spec.autoscaling.target_replica_concurrency == 6.0
     assert spec.autoscaling.init_replicas == 2
     assert spec.networking == NetworkingSpec(endpoint="/a")
+
+
+@pytest.mark.parametrize(
+    ("batching", "messages"),
+    [
+        ({"max_batch_size": 2, "batch_interval": "1ms"}, []),
+        ({"max_batch_size": 1024, "batch_interval": 0.5}, []),
+        (
+            {"max_batch_size": 1, "batch_interval": "10ms"},
+            [
+                "max_batch_size: must be >= 2, got 1: a batch of one is no batching (remove "
+                "server_side_batching to turn it off)"
+            ],
+        ),
+        ({"max_batch_size": 1025, "batch_interval": "10ms"}, ["max_batch_size: must be <= 1024, got 1025"]),
+        ({"max_batch_size": 8.0, "batch_interval": "10ms"}, ["max_batch_size: expected an integer, got 8"]),
+        (
+            {"max_batch_size": 8, "batch_interval": "0s"},
+            ["batch_interval: must be > 0s (e.g. 10ms), got 0s"],
+        ),
+        (
+            {"max_batch_size": 8, "batch_interval": "soon"},
+            [
+                "batch_interval: expected a duration like 30s, 5m, 1h30m or 250ms (or a number of seconds), "
+                "got 'soon'"
+            ],
+        ),
+        (
+            {"max_batch_size": 8},
+            ["batch_interval: required: how long a batch may wait for a busy predictor, e.g. 10ms"],
+        ),
+        (
+            {"max_batch_size": 8, "batch_interval": "1s", "threads": 8},
+            ["threads: unknown field 'threads': expected one of max_batch_size, batch_interval"],
+        ),
+    ],
+)
+def test_server_side_batching(batching: dict[str, Any], messages: list[str]) -> None:
+    api = entry(predictor={"server_side_batching": batching})
+    if not messages:
+        resolved = ApiSpec.model_validate(api).predictor.server_side_batching
+        assert resolved is not None and resolved.max_batch_size == batching["max_batch_size"]
+        assert ApiSpec.model_validate_json(ApiSpec.model_validate(api).model_dump_json()) == (
+            ApiSpec.model_validate(api)
+        )
+    else:
+        prefix = "modelport.yaml: [0].predictor.server_side_batching."
+        assert problems(api) == [prefix + message for message in messages]
+
+
+def test_server_side_batching_does_not_require_threads_to_match() -> None:
+    # Cortex 0.25 required threads_per_process == max_batch_size; waiting requests hold no thread here.
+    spec = ApiSpec.model_validate(
+        entry(predictor={"server_side_batching": {"max_batch_size": 32, "batch_interval": "5ms"}})
+    )
+    assert spec.predictor.threads_per_process == 1
+    assert spec.predictor.server_side_batching == ServerSideBatchingSpec(
+        max_batch_size=32, batch_interval=0.005
+    )
 
 
 def test_specs_are_frozen() -> None:
@@ -519,6 +580,7 @@ FULL = entry(
         "env": {"LEVEL": 3},
         "python_path": "lib",
         "image": "cortexlabs/python-predictor-cpu:0.20.0",
+        "server_side_batching": {"max_batch_size": 32, "batch_interval": "100ms"},
     },
     compute={"cpu": "1500m", "gpu": 1, "mem": "1Gi"},
     autoscaling={"min_replicas": 1, "window": "1m30s", "downscale_stabilization_period": "250ms"},
@@ -544,11 +606,13 @@ def test_display_dict_uses_the_users_units() -> None:
     assert shown["autoscaling"]["window"] == "1m30s"
     assert shown["autoscaling"]["downscale_stabilization_period"] == "250ms"
     assert shown["autoscaling"]["upscale_stabilization_period"] == "1m"
-    assert shown["autoscaling"]["target_replica_concurrency"] == 6
+    assert shown["autoscaling"]["target_replica_concurrency"] == 64  # 2 processes x max_batch_size 32
     assert shown["monitoring"] == {"model_type": "classification", "key": "label"}
+    assert shown["predictor"]["server_side_batching"] == {"max_batch_size": 32, "batch_interval": "100ms"}
     defaults = ApiSpec.model_validate(entry()).to_display_dict()
     assert defaults["compute"] == {"cpu": "200m", "gpu": 0, "inf": 0, "mem": None}
     assert defaults["autoscaling"]["downscale_stabilization_period"] == "5m"
+    assert defaults["predictor"]["server_side_batching"] is None
 
 
 # --- units ----------------------------------------------------------------------------------------
@@ -638,3 +702,28 @@ def test_memory_quantities(value: object, num_bytes: int, shown: str) -> None:
 def test_memory_rejects(value: object) -> None:
     with pytest.raises(ValueError, match=r"^expected a memory amount like 512Mi, 1Gi or 500M"):
         parse_memory(value)
+
+
+def test_batching_sets_the_default_target_concurrency_to_whole_batches() -> None:
+    batched = ApiSpec.model_validate(
+        entry(
+            predictor={
+                "type": "python",
+                "path": "p.py",
+                "processes_per_replica": 2,
+                "server_side_batching": {"max_batch_size": 16, "batch_interval": "5ms"},
+            }
+        )
+    )
+    assert batched.autoscaling.target_replica_concurrency == 32.0
+    explicit = ApiSpec.model_validate(
+        entry(
+            predictor={
+                "type": "python",
+                "path": "p.py",
+                "server_side_batching": {"max_batch_size": 16, "batch_interval": "5ms"},
+            },
+            autoscaling={"target_replica_concurrency": 4},
+        )
+    )
+    assert explicit.autoscaling.target_replica_concurrency == 4.0

@@ -10,7 +10,7 @@ import importlib.util
 import inspect
 import sys
 import traceback
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from types import ModuleType
@@ -58,6 +58,19 @@ class Predictor:
         kwargs = {name: available.get(name) for name in self.predict_parameters}  # batch_id is None
         return self.instance.predict(**kwargs)
 
+    def predict_batch(self, calls: Sequence[PredictCall]) -> object:
+        """Server-side batching (Cortex 0.25): each declared argument is a list, item i from request i."""
+        return self.instance.predict(**_columns(calls, self.predict_parameters))
+
+    def post_predict_batch(self, responses: list[object], calls: Sequence[PredictCall]) -> None:
+        """Once per batch: `response` is the list predict returned, the other arguments lists as above."""
+        if self.post_predict_parameters is None:
+            return
+        kwargs = _columns(calls, self.post_predict_parameters - {"response"})
+        if "response" in self.post_predict_parameters:
+            kwargs["response"] = responses
+        self.instance.post_predict(**kwargs)
+
     def post_predict(self, response: object, call: PredictCall) -> None:
         if self.post_predict_parameters is None:
             return
@@ -68,6 +81,11 @@ class Predictor:
             "headers": call.headers,
         }
         self.instance.post_predict(**{name: available[name] for name in self.post_predict_parameters})
+
+
+def _columns(calls: Sequence[PredictCall], names: frozenset[str]) -> dict[str, object]:
+    # batch_id belongs to batch jobs; a realtime predictor that declares it gets None, as without batching.
+    return {name: None if name == "batch_id" else [getattr(call, name) for call in calls] for name in names}
 
 
 def load_predictor(*, project_dir: Path, path: str, config: Mapping[str, Any]) -> Predictor:

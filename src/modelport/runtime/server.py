@@ -27,6 +27,7 @@ from pydantic import ValidationError
 from modelport.http.server import HttpServer
 from modelport.runtime.app import ReplicaApp
 from modelport.runtime.family import Children, Lifeline, exit_now, fork_children
+from modelport.runtime.metrics import BatchSizeHistogram
 from modelport.runtime.options import (
     EXIT_CANNOT_LISTEN,
     EXIT_CRASHED,
@@ -93,13 +94,17 @@ def _startup(options: ReplicaOptions) -> _Context | int:
         log.error("cannot listen on %s:%d: %s", options.host, options.port, exc)
         return EXIT_CANNOT_LISTEN
     predictor = spec.predictor
+    batching = predictor.server_side_batching
     log.info(
-        "listening on %s:%d for API %s (%d process(es) x %d thread(s)), pid %d",
+        "listening on %s:%d for API %s (%d process(es) x %d thread(s)%s), pid %d",
         options.host,
         sock.getsockname()[1],
         spec.name,
         predictor.processes_per_replica,
         predictor.threads_per_process,
+        ""
+        if batching is None
+        else f", batches of up to {batching.max_batch_size}, interval {batching.batch_interval:g} s",
         os.getpid(),
     )
     project_dir = options.project_dir.absolute()
@@ -109,7 +114,15 @@ def _startup(options: ReplicaOptions) -> _Context | int:
         log.error("cannot enter the project directory %s: %s", project_dir, exc)
         return EXIT_PREDICTOR_FAILED
     readiness = Readiness(predictor.processes_per_replica)
-    return _Context(options=options, spec=spec, project_dir=project_dir, sock=sock, readiness=readiness)
+    batch_sizes = BatchSizeHistogram() if predictor.server_side_batching is not None else None
+    return _Context(
+        options=options,
+        spec=spec,
+        project_dir=project_dir,
+        sock=sock,
+        readiness=readiness,
+        batch_sizes=batch_sizes,
+    )
 
 
 @dataclass(frozen=True, slots=True)
@@ -121,6 +134,7 @@ class _Context:
     project_dir: Path
     sock: socket.socket
     readiness: Readiness
+    batch_sizes: BatchSizeHistogram | None  # shared by the processes, like readiness
 
 
 class _Shutdown:
@@ -165,7 +179,13 @@ async def _serve(
         lifeline.watch(lambda: shutdown.request(EXIT_CRASHED, "the replica's parent process died"))
 
     pool = PredictorPool(predictor_spec.threads_per_process)
-    app = ReplicaApp(api_name=context.spec.name, pool=pool, readiness=context.readiness)
+    app = ReplicaApp(
+        api_name=context.spec.name,
+        pool=pool,
+        readiness=context.readiness,
+        batching=predictor_spec.server_side_batching,
+        batch_sizes=context.batch_sizes,
+    )
     server = HttpServer(app.handle, on_handler_error=_log_handler_error)
     await server.start(sock=context.sock)
 

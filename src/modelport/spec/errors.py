@@ -26,6 +26,10 @@ _REQUIRED_HINTS: dict[str, str] = {
     "predictor.type": "the predictor type; supported: python",
     "predictor.path": "the file that defines PythonPredictor, relative to the project directory",
     "monitoring.model_type": "classification or regression",
+    "predictor.server_side_batching.max_batch_size": "the most requests one predict call gets, e.g. 32",
+    "predictor.server_side_batching.batch_interval": (
+        "how long a batch may wait for a busy predictor, e.g. 10ms"
+    ),
 }
 _TYPE_NAMES: dict[str, str] = {
     "int_type": "an integer",

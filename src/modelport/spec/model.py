@@ -44,6 +44,8 @@ DURATION_FIELDS = (
     "upscale_stabilization_period",
     "activation_timeout",
 )
+MIN_BATCH_SIZE = 2
+MAX_BATCH_SIZE = 1024  # the largest bucket of the replica's batch-size histogram
 ERROR_TYPE = "modelport"  # pydantic error type of our own messages; spec.errors shows them verbatim
 
 _DNS_1035 = re.compile(r"[a-z]([-a-z0-9]*[a-z0-9])?")
@@ -84,6 +86,38 @@ class _Spec(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
 
 
+class ServerSideBatchingSpec(_Spec):
+    """Cortex 0.25's `server_side_batching`: predict receives lists and returns one result per request.
+
+    Unlike Cortex, threads_per_process need not equal max_batch_size: waiting requests hold no predictor
+    thread (they wait on the event loop), and batches run one at a time per process whenever the predictor
+    is free. A further thread (threads_per_process > 1) takes a batch only once it is full or has waited
+    batch_interval; with one thread, batches simply run back to back.
+    """
+
+    max_batch_size: Int
+    batch_interval: Seconds  # how long a batch may wait for a busy predictor before it takes another thread
+
+    @field_validator("max_batch_size")
+    @classmethod
+    def _batch_size(cls, value: int) -> int:
+        if value < MIN_BATCH_SIZE:
+            raise spec_error(
+                f"must be >= {MIN_BATCH_SIZE}, got {value}: a batch of one is no batching "
+                "(remove server_side_batching to turn it off)"
+            )
+        if value > MAX_BATCH_SIZE:
+            raise spec_error(f"must be <= {MAX_BATCH_SIZE}, got {value}")
+        return value
+
+    @field_validator("batch_interval")
+    @classmethod
+    def _positive_interval(cls, value: float) -> float:
+        if value <= 0:
+            raise spec_error(f"must be > 0s (e.g. 10ms), got {format_duration(value)}")
+        return value
+
+
 class PredictorSpec(_Spec):
     type: Literal["python"]
     path: Text  # the file defining PythonPredictor, relative to the project root
@@ -97,6 +131,8 @@ class PredictorSpec(_Spec):
     # An idempotent predictor's request may run twice: when its replica dies before answering, the gateway
     # sends it to another replica once. `false` turns that retry off.
     idempotent: bool = Field(default=True, strict=True)
+    # None: every request is its own predict call. See ServerSideBatchingSpec for the thread count.
+    server_side_batching: ServerSideBatchingSpec | None = None
 
     @field_validator("type", mode="before")
     @classmethod
@@ -334,6 +370,11 @@ class ApiSpec(_Spec):
         shown["compute"]["mem"] = None if self.compute.mem is None else format_memory(self.compute.mem)
         for field in DURATION_FIELDS:
             shown["autoscaling"][field] = format_duration(getattr(self.autoscaling, field))
+        batching = self.predictor.server_side_batching
+        if batching is not None:
+            shown["predictor"]["server_side_batching"]["batch_interval"] = format_duration(
+                batching.batch_interval
+            )
         target = self.autoscaling.target_replica_concurrency
         shown["autoscaling"]["target_replica_concurrency"] = int(target) if target.is_integer() else target
         return shown
@@ -411,11 +452,21 @@ def _endpoint_problem(value: str) -> str | None:
 
 
 def _concurrency(predictor: object) -> float:
+    """The default target_replica_concurrency: requests a replica works on at once without queueing.
+
+    processes x threads; with server-side batching a thread works on a whole batch, so processes x
+    max_batch_size (Cortex's effective value), else the autoscaler would add replicas before batches form.
+    """
     if isinstance(predictor, PredictorSpec):
-        return float(predictor.processes_per_replica * predictor.threads_per_process)
+        batching = predictor.server_side_batching
+        per_process = batching.max_batch_size if batching else predictor.threads_per_process
+        return float(predictor.processes_per_replica * per_process)
     if not isinstance(predictor, Mapping):
         return 1.0
     processes, threads = predictor.get("processes_per_replica", 1), predictor.get("threads_per_process", 1)
+    batching = predictor.get("server_side_batching")
+    if isinstance(batching, Mapping) and "max_batch_size" in batching:
+        threads = batching["max_batch_size"]
     valid = all(isinstance(n, int) and not isinstance(n, bool) and n > 0 for n in (processes, threads))
     return float(processes * threads) if valid else 1.0  # an invalid count is reported on its own field
 

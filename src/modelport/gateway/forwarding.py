@@ -6,7 +6,8 @@ headers, which also notes what the response side needs (the request id, whether 
 
 from __future__ import annotations
 
-import uuid
+import itertools
+import os
 from dataclasses import dataclass
 
 from modelport.http.server import Request
@@ -31,6 +32,16 @@ _REWRITTEN = frozenset(
 )
 # Connection options that name no header field.
 _CONNECTION_OPTIONS = frozenset((b"close", b"keep-alive"))
+
+
+# Request ids: unique per gateway process without a uuid4 (and its getrandom syscall) per request: a random
+# 64-bit prefix drawn once, then a counter. 32 hex characters like a uuid4's hex.
+_ID_PREFIX = os.urandom(8).hex()
+_ID_COUNTER = itertools.count(1)
+
+
+def new_request_id() -> bytes:
+    return f"{_ID_PREFIX}{next(_ID_COUNTER):016x}".encode()
 
 
 @dataclass(frozen=True, slots=True)
@@ -65,7 +76,7 @@ def forward_request(request: Request, *, path: bytes = b"/predict") -> Forwarded
         if listed:
             lines = [line for line in lines if line.partition(b":")[0] not in listed]
     if request_id is None:
-        request_id = uuid.uuid4().hex.encode()
+        request_id = new_request_id()
         lines.append(b"x-request-id: " + request_id + b"\r\n")
 
     query = request.query_string

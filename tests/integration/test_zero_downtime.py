@@ -11,7 +11,7 @@ import os
 import signal
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -114,40 +114,37 @@ def _all_new(cluster: Cluster, name: str, before: set[object]) -> bool:
     )
 
 
-def test_redeploy_under_load(cluster: Cluster, tmp_path: Path) -> None:
-    _deploy(cluster, tmp_path, name="steady-redeploy", version=1)
-    before = {r["replica_id"] for r in _ready(cluster, "steady-redeploy")}
-    load = SteadyLoad(cluster, "/steady-redeploy?sleep=0.02")
-    with load.running():
-        time.sleep(1)
-        project = tmp_path / "steady-redeploy"
-        (project / "modelport.yaml").write_text(
-            SPEC.format(name="steady-redeploy", version=2, idempotent="true")
-        )
-        assert cluster.cli("deploy", str(project)).returncode == 0
-        wait_until(
-            lambda: _all_new(cluster, "steady-redeploy", before),
-            timeout=60,
-            interval=0.2,
-            message="every replica on the new revision",
-        )
-        time.sleep(1)
-    assert len(load.statuses) > 200
-    assert load.errors == []
+def _redeploy_with_a_changed_config(cluster: Cluster, tmp_path: Path, name: str) -> None:
+    (tmp_path / name / "modelport.yaml").write_text(SPEC.format(name=name, version=2, idempotent="true"))
+    assert cluster.cli("deploy", str(tmp_path / name)).returncode == 0
 
 
-def test_refresh_under_load(cluster: Cluster, tmp_path: Path) -> None:
-    _deploy(cluster, tmp_path, name="steady-refresh", version=1)
-    before = {r["replica_id"] for r in _ready(cluster, "steady-refresh")}
-    load = SteadyLoad(cluster, "/steady-refresh?sleep=0.02")
+def _refresh(cluster: Cluster, tmp_path: Path, name: str) -> None:
+    assert cluster.cli("refresh", name).returncode == 0
+
+
+@pytest.mark.parametrize(
+    ("name", "replace_every_replica"),
+    [("steady-redeploy", _redeploy_with_a_changed_config), ("steady-refresh", _refresh)],
+    ids=["redeploy", "refresh"],
+)
+def test_every_replica_replaced_under_load(
+    cluster: Cluster,
+    tmp_path: Path,
+    name: str,
+    replace_every_replica: Callable[[Cluster, Path, str], None],
+) -> None:
+    _deploy(cluster, tmp_path, name=name, version=1)
+    before = {r["replica_id"] for r in _ready(cluster, name)}
+    load = SteadyLoad(cluster, f"/{name}?sleep=0.02")
     with load.running():
         time.sleep(1)
-        assert cluster.cli("refresh", "steady-refresh").returncode == 0
+        replace_every_replica(cluster, tmp_path, name)
         wait_until(
-            lambda: _all_new(cluster, "steady-refresh", before),
+            lambda: _all_new(cluster, name, before),
             timeout=60,
             interval=0.2,
-            message="a fresh set of replicas",
+            message="every replica replaced, on the current revision",
         )
         time.sleep(1)
     assert len(load.statuses) > 200

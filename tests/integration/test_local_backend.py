@@ -16,7 +16,7 @@ import psutil
 import pytest
 
 from modelport.backends.compute import MachineCapacity
-from modelport.backends.local import LocalBackend, ReplicaCommand, kill_stale_replica
+from modelport.backends.local import KEPT_LOGS_PER_API, LocalBackend, ReplicaCommand, kill_stale_replica
 from modelport.clock import Clock, FakeClock
 from modelport.controller.ports import ObservedReplica, ReplicaLaunch
 from modelport.errors import ConflictError, UnavailableError
@@ -508,3 +508,24 @@ def test_kill_stale_replica_kills_only_the_process_naming_the_replica(tmp_path: 
             if process.poll() is None:
                 process.kill()
             process.wait()
+
+
+def test_old_logs_of_exited_replicas_are_pruned_but_never_a_running_ones(
+    tmp_path: Path, stand_in: Path, make_backend: BackendFactory
+) -> None:
+    folder = tmp_path / "logs" / "iris"
+    folder.mkdir(parents=True)
+    for age in range(KEPT_LOGS_PER_API + 5):  # a crash loop's leftovers, the oldest first
+        old = folder / f"iris-old{age:02d}.log"
+        old.write_text("crashed\n")
+        os.utime(old, (1_000_000 + age, 1_000_000 + age))
+    backend = make_backend(command(stand_in))
+    backend.launch(make_launch(tmp_path, "iris-live"))
+    backend.launch(make_launch(tmp_path, "iris-next"))
+
+    kept = sorted(p.name for p in folder.glob("*.log"))
+    assert "iris-live.log" in kept and "iris-next.log" in kept
+    # When iris-next started, iris-live ran: it is not counted; the newest exited logs stay.
+    exited = [name for name in kept if name.startswith("iris-old")]
+    assert len(exited) == KEPT_LOGS_PER_API
+    assert exited[0] == f"iris-old{5:02d}.log"

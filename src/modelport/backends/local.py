@@ -36,6 +36,7 @@ ReplicaCommand = Callable[[ReplicaLaunch, int], list[str]]
 # The replica's own drain budget (`--grace`): in-flight requests get this long after SIGTERM. The controller's
 # terminate grace should exceed it, so that a draining replica exits 0 before the SIGKILL deadline.
 REPLICA_DRAIN_SECONDS = 25.0
+KEPT_LOGS_PER_API = 20  # logs of exited replicas kept per API, newest first
 # Exit code recorded when the process could not even be spawned (the shell's "command not found").
 SPAWN_FAILED_EXIT_CODE = 127
 # How often shutdown() looks for exited replicas, and how long it waits for SIGKILLed ones to be reaped.
@@ -204,10 +205,24 @@ class LocalBackend:
 
     # -- launching ----------------------------------------------------------------------------------------
 
+    def _prune_logs(self, folder: Path) -> None:
+        """Keep the newest KEPT_LOGS_PER_API logs of exited replicas in an API's folder (a crash loop makes
+        one per attempt); the logs of replicas this backend still runs are never removed."""
+        running = {r.log_path for r in self._replicas.values()}
+        finished: list[tuple[float, Path]] = []
+        for path in folder.glob("*.log"):
+            if path not in running:
+                with contextlib.suppress(FileNotFoundError):
+                    finished.append((path.stat().st_mtime, path))
+        finished.sort(reverse=True)
+        for _, old in finished[KEPT_LOGS_PER_API:]:
+            old.unlink(missing_ok=True)
+
     def _spawn(self, launch: ReplicaLaunch, gpus: tuple[int, ...]) -> _Replica:
         port = _free_port(self._host)
         log_path = self._logs_dir / launch.api_name / f"{launch.replica_id}.log"
         log_path.parent.mkdir(parents=True, exist_ok=True)
+        self._prune_logs(log_path.parent)
         command = self._replica_command(launch, port)
         started_at = self._clock.wall()
         with log_path.open("ab") as log:

@@ -124,7 +124,7 @@ class Gateway:
         else:
             outcome = HoldEnd.SHUTDOWN if self._draining else await state.hold(asyncio.get_running_loop())
             if not isinstance(outcome, ReplicaTarget):
-                response = _cross_origin(request, _unheld(route, outcome, now=state.route))
+                response = _cross_origin(request, _unheld(route, outcome, latest=state.route))
                 return self._counted(state, start, response)
             target = outcome  # its slot is ours already
         return await self._send(state, request, target, start=start)
@@ -234,9 +234,9 @@ class Gateway:
         return Response(status=200, body=render_metrics(samples), content_type=CONTENT_TYPE)
 
 
-def _unheld(route: ApiRoute, end: HoldEnd, *, now: ApiRoute) -> Response:
+def _unheld(route: ApiRoute, end: HoldEnd, *, latest: ApiRoute) -> Response:
     """The answer to a request that stopped waiting without a replica slot: `route` is the one it arrived on,
-    `now` the API's latest."""
+    `latest` the API's route now."""
     api = route.api_name
     if end is HoldEnd.FULL:
         message = (
@@ -246,10 +246,10 @@ def _unheld(route: ApiRoute, end: HoldEnd, *, now: ApiRoute) -> Response:
         return json_response(503, {"error": message}, headers=_RETRY_AFTER)
     if end is HoldEnd.TIMED_OUT:
         within = f"within {route.hold_timeout_seconds:g} s (autoscaling.activation_timeout)"
-        if now.replicas:  # the replica came, but was kept busy by the requests ahead of this one
+        if latest.replicas:  # the replica came, but was kept busy by the requests ahead of this one
             message = (
                 f"api {api} had no replica with room {within}: every replica holds max_replica_concurrency "
-                f"({now.max_replica_concurrency}) requests; retry later"
+                f"({latest.max_replica_concurrency}) requests; retry later"
             )
         else:
             message = f"api {api} had no ready replica {within}"
@@ -261,7 +261,7 @@ def _unheld(route: ApiRoute, end: HoldEnd, *, now: ApiRoute) -> Response:
         response = error_response(503, message)
         response.close_connection = True
         return response
-    return _not_ready(now)  # NOT_HOLDING: the latest route says why no replica will come by waiting
+    return _not_ready(latest)  # NOT_HOLDING: the latest route says why no replica will come by waiting
 
 
 def _not_ready(route: ApiRoute) -> Response:

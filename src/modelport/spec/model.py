@@ -113,9 +113,7 @@ class ServerSideBatchingSpec(_Spec):
     @field_validator("batch_interval")
     @classmethod
     def _positive_interval(cls, value: float) -> float:
-        if value <= 0:
-            raise spec_error(f"must be > 0s (e.g. 10ms), got {format_duration(value)}")
-        return value
+        return _positive_seconds(value, example="10ms")
 
 
 class PredictorSpec(_Spec):
@@ -251,9 +249,7 @@ class AutoscalingSpec(_Spec):
     @field_validator("activation_timeout")
     @classmethod
     def _positive_timeout(cls, value: float) -> float:
-        if value <= 0:
-            raise spec_error(f"must be > 0s (e.g. 60s), got {format_duration(value)}")
-        return value
+        return _positive_seconds(value, example="60s")
 
 
 class UpdateStrategySpec(_Spec):
@@ -378,6 +374,12 @@ class ApiSpec(_Spec):
         target = self.autoscaling.target_replica_concurrency
         shown["autoscaling"]["target_replica_concurrency"] = int(target) if target.is_integer() else target
         return shown
+
+
+def _positive_seconds(value: float, *, example: str) -> float:
+    if value <= 0:
+        raise spec_error(f"must be > 0s (e.g. {example}), got {format_duration(value)}")
+    return value
 
 
 def _inside_project(value: str) -> str:

@@ -143,7 +143,7 @@ def test_every_problem_in_every_api_is_reported_at_once(tmp_path: Path) -> None:
   autoscaling: {min_replicas: 2, max_replicas: 1, window: 5 minutes}
 - not an api
 - name: iris
-  kind: BatchAPI
+  kind: TrafficSplitter
   predictor: {type: python, path: missing.py, processes_per_replica: two}
   compute: {mem: 1 gig}
 """
@@ -158,8 +158,8 @@ def test_every_problem_in_every_api_is_reported_at_once(tmp_path: Path) -> None:
         "of seconds), got '5 minutes'",
         "modelport.yaml: [1]: expected a mapping of API fields (name, kind, predictor, ...), got 'not an "
         "api'",
-        "modelport.yaml: [2].kind: kind BatchAPI is not supported yet by this version; supported: "
-        "RealtimeAPI",
+        "modelport.yaml: [2].kind: kind TrafficSplitter is not supported yet by this version; supported: "
+        "RealtimeAPI, BatchAPI, AsyncAPI, TaskAPI",
         "modelport.yaml: [2].predictor.processes_per_replica: expected an integer, got 'two'",
         "modelport.yaml: [2].compute.mem: expected a memory amount like 512Mi, 1Gi or 500M (or a number of "
         "bytes), got '1 gig'",

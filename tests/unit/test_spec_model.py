@@ -454,10 +454,10 @@ def test_config_must_survive_json() -> None:
 @pytest.mark.parametrize(
     ("kind", "message"),
     [
-        ("BatchAPI", "kind BatchAPI is not supported yet by this version; supported: RealtimeAPI"),
         (
             "TrafficSplitter",
-            "kind TrafficSplitter is not supported yet by this version; supported: RealtimeAPI",
+            "kind TrafficSplitter is not supported yet by this version; supported: RealtimeAPI, BatchAPI, "
+            "AsyncAPI, TaskAPI",
         ),
         (
             "Realtime",
@@ -490,7 +490,8 @@ def test_error_wording_for_types_unknown_and_missing_fields() -> None:
     )
     del api["kind"]
     assert problems(api) == [
-        "modelport.yaml: [0].kind: required: the API kind; supported: RealtimeAPI",
+        "modelport.yaml: [0].kind: required: the API kind; supported: RealtimeAPI, BatchAPI, AsyncAPI, "
+        "TaskAPI",
         "modelport.yaml: [0].predictor.processes_per_replica: expected an integer, got 'two'",
         "modelport.yaml: [0].predictor.threads_per_proces: unknown field 'threads_per_proces': "
         "did you mean 'threads_per_process'?",
@@ -506,10 +507,10 @@ def test_error_wording_for_types_unknown_and_missing_fields() -> None:
     ]
     assert problems({"predictor": {"type": "python"}}) == [
         "modelport.yaml: [0].name: required: the API's name, a DNS-1035 label such as 'iris-classifier'",
-        "modelport.yaml: [0].kind: required: the API kind; supported: RealtimeAPI",
-        "modelport.yaml: [0].predictor.path: required: the file that defines PythonPredictor, relative "
-        "to the "
-        "project directory",
+        "modelport.yaml: [0].kind: required: the API kind; supported: RealtimeAPI, BatchAPI, AsyncAPI, "
+        "TaskAPI",
+        "modelport.yaml: [0].predictor.path: required: the file that defines PythonPredictor (Task for a "
+        "TaskAPI), relative to the project directory",
     ]
 
 

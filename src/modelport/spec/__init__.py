@@ -9,6 +9,7 @@ from modelport.spec.errors import SpecError, SpecProblem
 from modelport.spec.load import Project, load_project, project_files
 from modelport.spec.model import (
     ApiSpec,
+    AsyncSpec,
     AutoscalingSpec,
     ComputeSpec,
     MonitoringSpec,
@@ -19,6 +20,7 @@ from modelport.spec.model import (
 
 __all__ = [
     "ApiSpec",
+    "AsyncSpec",
     "AutoscalingSpec",
     "ComputeSpec",
     "MonitoringSpec",

@@ -1,6 +1,7 @@
 """Spec errors: `SpecError` with one `SpecProblem` per mistake, and pydantic's errors put in the user's words.
 
-Raised by `spec.load`; the CLI prints `str(err)`, one `file: path: message` line per problem.
+Raised by `spec.load`; the CLI prints `str(err)`, one `file: path: message` line per problem. `spec.job` words
+the errors of job submissions with the same `field_problems`.
 """
 
 from __future__ import annotations
@@ -8,23 +9,26 @@ from __future__ import annotations
 import difflib
 import types
 import typing
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from pydantic import BaseModel, ValidationError
+from pydantic import AliasChoices, BaseModel, ValidationError
+from pydantic.fields import FieldInfo
 from pydantic_core import ErrorDetails
 
 from modelport.errors import UserInputError
-from modelport.spec.model import ERROR_TYPE, ApiSpec
+from modelport.spec.model import ERROR_TYPE, SUPPORTED_KINDS, ApiSpec
 
 # What a required field is for, keyed by its path without list indices.
 _REQUIRED_HINTS: dict[str, str] = {
     "name": "the API's name, a DNS-1035 label such as 'iris-classifier'",
-    "kind": "the API kind; supported: RealtimeAPI",
+    "kind": f"the API kind; supported: {', '.join(SUPPORTED_KINDS)}",
     "predictor": "a predictor block, e.g. predictor: {type: python, path: predictor.py}",
     "predictor.type": "the predictor type; supported: python",
-    "predictor.path": "the file that defines PythonPredictor, relative to the project directory",
+    "predictor.path": (
+        "the file that defines PythonPredictor (Task for a TaskAPI), relative to the project directory"
+    ),
     "monitoring.model_type": "classification or regression",
     "predictor.server_side_batching.max_batch_size": "the most requests one predict call gets, e.g. 32",
     "predictor.server_side_batching.batch_interval": (
@@ -45,6 +49,17 @@ _TYPE_NAMES: dict[str, str] = {
 }
 _COMPARISONS = {"greater_than": ">", "greater_than_equal": ">=", "less_than": "<", "less_than_equal": "<="}
 _CONSTRAINTS = {"greater_than": "gt", "greater_than_equal": "ge", "less_than": "lt", "less_than_equal": "le"}
+
+
+@dataclass(frozen=True, slots=True)
+class FieldProblem:
+    """One mistake in a validated document: the field path (`item_list.batch_size`, may be empty), the fix."""
+
+    path: str
+    message: str
+
+    def __str__(self) -> str:
+        return f"{self.path}: {self.message}" if self.path else self.message
 
 
 @dataclass(frozen=True, slots=True)
@@ -94,6 +109,23 @@ def problems_from_validation(
     error: ValidationError, *, file: str, prefix: tuple[str | int, ...] = ()
 ) -> list[SpecProblem]:
     """One SpecProblem per pydantic error of `ApiSpec` validation, with the path prefixed (e.g. `(0,)`)."""
+    return [
+        SpecProblem(file, problem.path, problem.message)
+        for problem in field_problems(error, root=ApiSpec, hints=_REQUIRED_HINTS, prefix=prefix)
+    ]
+
+
+def field_problems(
+    error: ValidationError,
+    *,
+    root: type[BaseModel],
+    hints: Mapping[str, str] | None = None,
+    prefix: tuple[str | int, ...] = (),
+) -> list[FieldProblem]:
+    """One FieldProblem per pydantic error of validating `root`, in the user's words.
+
+    `hints` says what a required field is for, keyed by its path without list indices ("item_list.items").
+    """
     problems = []
     for detail in error.errors():
         loc = detail["loc"]
@@ -103,22 +135,24 @@ def problems_from_validation(
         else:
             if detail["type"] == ERROR_TYPE:
                 loc += tuple(detail.get("ctx", {}).get("at", ()))
-            message = _message(detail, loc)
-        problems.append(SpecProblem(file, format_path(prefix + loc), message))
+            message = _message(detail, loc, root=root, hints=hints or {})
+        problems.append(FieldProblem(format_path(prefix + loc), message))
     return problems
 
 
-def _message(detail: ErrorDetails, loc: tuple[str | int, ...]) -> str:
+def _message(
+    detail: ErrorDetails, loc: tuple[str | int, ...], *, root: type[BaseModel], hints: Mapping[str, str]
+) -> str:
     kind, ctx, value = detail["type"], detail.get("ctx", {}), detail["input"]
     if kind == ERROR_TYPE:
         return str(ctx["message"])
     if kind == "missing":
-        hint = _REQUIRED_HINTS.get(".".join(str(part) for part in loc if isinstance(part, str)))
+        hint = hints.get(".".join(str(part) for part in loc if isinstance(part, str)))
         return f"required: {hint}" if hint else "required"
     if kind == "extra_forbidden":
-        return _unknown_field(str(loc[-1]), _model_at(loc[:-1]))
-    if kind in ("model_type", "model_attributes_type", "dict_type") and (model := _model_at(loc)):
-        return f"expected a mapping with the fields {', '.join(model.model_fields)}, got {describe(value)}"
+        return _unknown_field(str(loc[-1]), _model_at(root, loc[:-1]))
+    if kind in ("model_type", "model_attributes_type", "dict_type") and (model := _model_at(root, loc)):
+        return f"expected a mapping with the fields {', '.join(_keys(model))}, got {describe(value)}"
     if kind in _TYPE_NAMES:
         return f"expected {_TYPE_NAMES[kind]}, got {describe(value)}"
     if kind in ("literal_error", "enum"):
@@ -133,23 +167,45 @@ def _message(detail: ErrorDetails, loc: tuple[str | int, ...]) -> str:
 def _unknown_field(field: str, model: type[BaseModel] | None) -> str:
     if model is None:
         return f"unknown field {field!r}"
-    known = list(model.model_fields)
+    known = _keys(model)
     close = difflib.get_close_matches(field, known, n=1, cutoff=0.6)
     if close:
         return f"unknown field {field!r}: did you mean {close[0]!r}?"
     return f"unknown field {field!r}: expected one of {', '.join(known)}"
 
 
-def _model_at(loc: Sequence[str | int]) -> type[BaseModel] | None:
-    """The spec model validating the mapping at `loc` (None below a dict field like config or env)."""
-    model: type[BaseModel] = ApiSpec
+def _model_at(root: type[BaseModel], loc: Sequence[str | int]) -> type[BaseModel] | None:
+    """The model validating the mapping at `loc` below `root` (None below a dict field like config or env)."""
+    model = root
     for part in loc:
-        field = model.model_fields.get(part) if isinstance(part, str) else None
+        field = _field_by_key(model, part) if isinstance(part, str) else None
         inner = _model_in(field.annotation) if field else None
         if inner is None:
             return None
         model = inner
     return model
+
+
+def _keys(model: type[BaseModel]) -> list[str]:
+    """The keys a user writes for `model`'s fields: `async` for `async_settings`, `paths` for `paths`."""
+    return [_aliases(name, field)[0] for name, field in model.model_fields.items()]
+
+
+def _aliases(name: str, field: FieldInfo) -> list[str]:
+    """A field's keys, the one users write first (a validation alias, else the alias, else the name)."""
+    alias = field.validation_alias
+    if isinstance(alias, AliasChoices):
+        return [choice for choice in alias.choices if isinstance(choice, str)] + [name]
+    if isinstance(alias, str):
+        return [alias, name]
+    return [field.alias, name] if field.alias else [name]
+
+
+def _field_by_key(model: type[BaseModel], key: str) -> FieldInfo | None:
+    for name, field in model.model_fields.items():
+        if key in _aliases(name, field):
+            return field
+    return None
 
 
 def _model_in(annotation: Any) -> type[BaseModel] | None:

@@ -1,6 +1,14 @@
 """The validated, frozen API spec: one `ApiSpec` per entry of modelport.yaml, every default resolved.
 
 Built by `spec.load` from YAML; read by the controller, the runtime (as JSON) and the CLI (`to_display_dict`).
+
+Kinds: RealtimeAPI; AsyncAPI (a RealtimeAPI whose requests are queued and whose results are stored; no
+server-side batching, no monitoring; `async` settings); BatchAPI and TaskAPI (workers started per submitted
+job: no autoscaling, update_strategy, monitoring, server-side batching, processes/threads or idempotent;
+`compute` is per worker). A TaskAPI's predictor.path defines a class `Task` whose `__call__(self, config)`
+runs to completion (checked by the runtime when the task runs, not here). A field a kind does not use is an
+error when given; its resolved default stays on the object (so every `ApiSpec` has the same attributes) but
+is left out of `model_dump` and `to_display_dict`, so a dumped spec validates again as the same spec.
 """
 
 from __future__ import annotations
@@ -13,17 +21,21 @@ from datetime import date, datetime
 from typing import Annotated, Any, Literal
 
 from pydantic import (
+    AliasChoices,
     BaseModel,
     BeforeValidator,
     ConfigDict,
     Field,
+    SerializerFunctionWrapHandler,
     Strict,
+    ValidationError,
     ValidationInfo,
     ValidatorFunctionWrapHandler,
     field_validator,
+    model_serializer,
     model_validator,
 )
-from pydantic_core import PydanticCustomError
+from pydantic_core import ErrorDetails, InitErrorDetails, PydanticCustomError
 
 from modelport.spec.units import (
     format_cpu,
@@ -36,7 +48,7 @@ from modelport.spec.units import (
 from modelport.types import ApiKind
 
 MAX_NAME_LENGTH = 42  # Cortex's limit (a Kubernetes label less the prefixes it added)
-SUPPORTED_KINDS = (ApiKind.REALTIME,)
+SUPPORTED_KINDS = (ApiKind.REALTIME, ApiKind.BATCH, ApiKind.ASYNC, ApiKind.TASK)
 RESERVED_ENDPOINTS = frozenset({"/metrics"})  # served by the gateway itself
 DURATION_FIELDS = (
     "window",
@@ -47,6 +59,33 @@ DURATION_FIELDS = (
 MIN_BATCH_SIZE = 2
 MAX_BATCH_SIZE = 1024  # the largest bucket of the replica's batch-size histogram
 ERROR_TYPE = "modelport"  # pydantic error type of our own messages; spec.errors shows them verbatim
+DAY_SECONDS = 86400.0
+
+# The fields each kind does not use ("section" or "predictor.field"), with why; giving one is an error.
+_UNUSED_BY_KIND: dict[str, dict[str, str]] = {
+    ApiKind.BATCH: {
+        "autoscaling": "a job's workers are chosen when it is submitted",
+        "update_strategy": "a job's workers run the API as it was when the job was submitted",
+        "monitoring": "a batch's predictions are not returned through the API",
+        "predictor.server_side_batching": "predict already receives a whole batch of the job's items",
+        "predictor.processes_per_replica": "a worker runs one batch at a time",
+        "predictor.threads_per_process": "a worker runs one batch at a time",
+        "predictor.idempotent": "a batch whose worker fails is retried up to the job's max_receive_count",
+    },
+    ApiKind.TASK: {
+        "autoscaling": "each submitted task runs in one worker of its own",
+        "update_strategy": "a task runs the API as it was when the task was submitted",
+        "monitoring": "a task returns no predictions",
+        "predictor.server_side_batching": "a task is called once, with its config",
+        "predictor.processes_per_replica": "a task runs once, in one process",
+        "predictor.threads_per_process": "a task runs once, in one process",
+        "predictor.idempotent": "a task runs once per submission",
+    },
+    ApiKind.ASYNC: {
+        "monitoring": "an AsyncAPI's results are stored, not returned to the client that sent the request",
+        "predictor.server_side_batching": "queued requests are taken one at a time by each predictor thread",
+    },
+}
 
 _DNS_1035 = re.compile(r"[a-z]([-a-z0-9]*[a-z0-9])?")
 _ENDPOINT_CHARS = re.compile(r"/[A-Za-z0-9\-._~/]*")
@@ -77,6 +116,7 @@ def _optional_memory(value: object) -> int | None:
 Int = Annotated[int, Strict()]
 Float = Annotated[float, Strict()]
 Seconds = Annotated[float, _converted(parse_duration), Strict()]
+LongSeconds = Annotated[float, _converted(lambda value: parse_duration(value, days=True)), Strict()]  # "7d"
 Cores = Annotated[float, _converted(parse_cpu), Strict()]
 Bytes = Annotated[Annotated[int, Strict()] | None, _converted(_optional_memory)]
 Text = Annotated[str, Strict()]
@@ -157,7 +197,7 @@ class PredictorSpec(_Spec):
     @field_validator("config")
     @classmethod
     def _json_compatible(cls, value: dict[str, Any]) -> dict[str, Any]:
-        _check_json_compatible(value, at=())
+        check_json_compatible(value, at=())
         return value
 
     @field_validator("env", mode="before")
@@ -311,17 +351,38 @@ class MonitoringSpec(_Spec):
     key: Text | None = None  # the JSON key holding the prediction when the response is an object
 
 
+class AsyncSpec(_Spec):
+    """AsyncAPI only (`async:` in YAML): how long results are kept and how often a request is tried."""
+
+    result_retention: LongSeconds = 7 * DAY_SECONDS  # Cortex kept results 7 days
+    # A request whose replica dies (or whose lease expires) is taken again, up to this many times in all.
+    max_receive_count: Int = Field(default=3, ge=1)
+
+    @field_validator("result_retention")
+    @classmethod
+    def _positive_retention(cls, value: float) -> float:
+        if value <= 0:
+            raise spec_error(f"must be > 0s (e.g. 7d or 12h), got {format_duration(value)}")
+        return value
+
+
 class ApiSpec(_Spec):
     name: Text
     kind: ApiKind
+    # A RealtimeAPI's or AsyncAPI's PythonPredictor, a BatchAPI's batch predictor, a TaskAPI's Task class.
     predictor: PredictorSpec
-    compute: ComputeSpec = Field(default_factory=ComputeSpec)
+    compute: ComputeSpec = Field(default_factory=ComputeSpec)  # per replica, or per worker of a job
+    # The next two are resolved to their defaults for BatchAPI and TaskAPI too, which do not use them.
     autoscaling: AutoscalingSpec = Field(default_factory=AutoscalingSpec)
     update_strategy: UpdateStrategySpec = Field(default_factory=UpdateStrategySpec)
     networking: NetworkingSpec = Field(
         default=None, validate_default=True
     )  # always resolved by the validator below
     monitoring: MonitoringSpec | None = None
+    # `async:` in YAML (a Python keyword); resolved for AsyncAPI, None for the other kinds.
+    async_settings: AsyncSpec | None = Field(
+        default=None, validation_alias=AliasChoices("async", "async_settings")
+    )
 
     @model_validator(mode="before")
     @classmethod
@@ -330,13 +391,16 @@ class ApiSpec(_Spec):
         if not isinstance(data, Mapping):
             return data
         resolved = {key: value for key, value in data.items() if value is not None}  # null = unset
-        name = resolved.get("name")
+        name, kind = resolved.get("name"), resolved.get("kind")
         resolved["networking"] = _with_endpoint(
             resolved.get("networking"), f"/{name}" if isinstance(name, str) else "/"
         )
-        resolved["autoscaling"] = _with_target(
-            resolved.get("autoscaling"), _concurrency(resolved.get("predictor"))
-        )
+        if _unused_reason(kind, "autoscaling") is None:  # a given section of a kind without it is an error
+            resolved["autoscaling"] = _with_target(
+                resolved.get("autoscaling"), _concurrency(resolved.get("predictor"))
+            )
+        if kind == ApiKind.ASYNC and "async" not in resolved and "async_settings" not in resolved:
+            resolved["async"] = {}
         return resolved
 
     @field_validator("name")
@@ -359,20 +423,94 @@ class ApiSpec(_Spec):
             raise spec_error(f"kind {value} is not supported yet by this version; supported: {supported}")
         return value
 
+    @field_validator("predictor", mode="wrap")
+    @classmethod
+    def _predictor_fits_kind(
+        cls, value: object, handler: ValidatorFunctionWrapHandler, info: ValidationInfo
+    ) -> object:
+        """Reports the predictor fields the kind does not use together with the predictor's other errors."""
+        kind = info.data.get("kind")
+        if isinstance(value, PredictorSpec):
+            given = {key: getattr(value, key) for key in value.model_fields_set}
+        elif isinstance(value, Mapping):
+            given = dict(value)
+        else:
+            return handler(value)  # not a mapping: reported as such
+        unused = {
+            key: reason for key in given if (reason := _unused_reason(kind, f"predictor.{key}")) is not None
+        }
+        if not unused:
+            return handler(value)
+        errors = [
+            InitErrorDetails(
+                type=spec_error(f"not used by kind {kind} ({reason}): remove it"),
+                loc=(key,),
+                input=given[key],
+            )
+            for key, reason in unused.items()
+        ]
+        try:
+            handler({key: item for key, item in given.items() if key not in unused})
+        except ValidationError as exc:
+            errors += [_init_error(detail) for detail in exc.errors()]
+        raise ValidationError.from_exception_data(PredictorSpec.__name__, errors)
+
+    @field_validator("autoscaling", "update_strategy", "monitoring", mode="before")
+    @classmethod
+    def _section_fits_kind(cls, value: object, info: ValidationInfo) -> object:
+        kind = info.data.get("kind")
+        reason = _unused_reason(kind, str(info.field_name))
+        if reason is not None:
+            raise spec_error(f"not used by kind {kind} ({reason}): remove it")
+        return value
+
+    @field_validator("async_settings", mode="before")
+    @classmethod
+    def _async_only(cls, value: object, info: ValidationInfo) -> object:
+        kind = info.data.get("kind")
+        if kind is not None and kind != ApiKind.ASYNC:
+            raise spec_error(
+                f"only used by kind {ApiKind.ASYNC} (how long results are kept, how often a request is "
+                f"tried), not by kind {kind}: remove it"
+            )
+        return value
+
+    @model_serializer(mode="wrap")
+    def _fields_the_kind_uses(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
+        """The dump leaves out what the kind does not use (so it validates again) and writes `async`."""
+        data: dict[str, Any] = handler(self)
+        settings = data.pop("async_settings", None)
+        if self.kind is ApiKind.ASYNC:
+            data["async"] = settings
+        for path in _UNUSED_BY_KIND.get(self.kind, {}):
+            section, _, field = path.partition(".")
+            if not field:
+                data.pop(section, None)
+            elif isinstance(data.get(section), dict):
+                data[section].pop(field, None)
+        return data
+
     def to_display_dict(self) -> dict[str, Any]:
         """The resolved spec in the units a user writes: durations "1m", cpu "200m", mem "1Gi" or None."""
         shown = self.model_dump(mode="json")
         shown["compute"]["cpu"] = format_cpu(self.compute.cpu)
         shown["compute"]["mem"] = None if self.compute.mem is None else format_memory(self.compute.mem)
-        for field in DURATION_FIELDS:
-            shown["autoscaling"][field] = format_duration(getattr(self.autoscaling, field))
+        if "autoscaling" in shown:
+            for field in DURATION_FIELDS:
+                shown["autoscaling"][field] = format_duration(getattr(self.autoscaling, field))
+            target = self.autoscaling.target_replica_concurrency
+            shown["autoscaling"]["target_replica_concurrency"] = (
+                int(target) if target.is_integer() else target
+            )
         batching = self.predictor.server_side_batching
         if batching is not None:
             shown["predictor"]["server_side_batching"]["batch_interval"] = format_duration(
                 batching.batch_interval
             )
-        target = self.autoscaling.target_replica_concurrency
-        shown["autoscaling"]["target_replica_concurrency"] = int(target) if target.is_integer() else target
+        if self.async_settings is not None:
+            shown["async"]["result_retention"] = format_duration(
+                self.async_settings.result_retention, days=True
+            )
         return shown
 
 
@@ -394,7 +532,7 @@ def _inside_project(value: str) -> str:
     return path
 
 
-def _check_json_compatible(value: object, *, at: tuple[str | int, ...]) -> None:
+def check_json_compatible(value: object, *, at: tuple[str | int, ...]) -> None:
     """config reaches the replica as JSON: a YAML date, set or binary would not come back the same."""
     if isinstance(value, float) and not math.isfinite(value):
         raise spec_error(f"expected a finite number, got {value!r}", at=at)
@@ -402,10 +540,10 @@ def _check_json_compatible(value: object, *, at: tuple[str | int, ...]) -> None:
         for key, item in value.items():
             if not isinstance(key, str):
                 raise spec_error(f"mapping keys must be strings, got {key!r}: quote the key", at=at)
-            _check_json_compatible(item, at=(*at, key))
+            check_json_compatible(item, at=(*at, key))
     elif isinstance(value, list):
         for index, item in enumerate(value):
-            _check_json_compatible(item, at=(*at, index))
+            check_json_compatible(item, at=(*at, index))
     elif isinstance(value, date | datetime):
         raise spec_error(
             f"expected JSON-compatible data, got the date {value}: quote it to keep it as text", at=at
@@ -416,6 +554,24 @@ def _check_json_compatible(value: object, *, at: tuple[str | int, ...]) -> None:
             f"got {type(value).__name__}",
             at=at,
         )
+
+
+def _unused_reason(kind: object, path: str) -> str | None:
+    """Why `kind` does not use the field at `path` ("autoscaling", "predictor.idempotent"), or None."""
+    return _UNUSED_BY_KIND.get(kind, {}).get(path) if isinstance(kind, str) else None
+
+
+def _init_error(detail: ErrorDetails) -> InitErrorDetails:
+    """A reported error as pydantic takes it back, to be raised again together with others."""
+    ctx = detail.get("ctx")
+    if detail["type"] == ERROR_TYPE and ctx is not None:
+        return InitErrorDetails(
+            type=PydanticCustomError(ERROR_TYPE, "{message}", ctx), loc=detail["loc"], input=detail["input"]
+        )
+    error = InitErrorDetails(type=detail["type"], loc=detail["loc"], input=detail["input"])
+    if ctx is not None:
+        error["ctx"] = ctx
+    return error
 
 
 def _env_value(value: object) -> object:

@@ -19,8 +19,11 @@ _DURATION_UNITS: dict[str, Decimal] = {
     "h": Decimal(3600),
 }
 # Go's time.ParseDuration grammar (what Cortex used): a sign, then one or more <number><unit> terms.
+# Long durations (kept results, retention) may also start with whole days: "7d", "1d12h".
 _DURATION_TERM = re.compile(r"(\d+(?:\.\d*)?|\.\d+)(ns|us|µs|ms|s|m|h)")
 _DURATION = re.compile(r"[+-]?(?:(?:\d+(?:\.\d*)?|\.\d+)(?:ns|us|µs|ms|s|m|h))+")
+_DAYS = re.compile(r"(\d+)d(.*)")
+_DAY = 86400
 _PLAIN_NUMBER = re.compile(r"[+-]?(?:\d+(?:\.\d*)?|\.\d+)")
 
 _BINARY_SUFFIXES: dict[str, int] = {
@@ -50,32 +53,49 @@ _QUANTITY = re.compile(
 )
 
 DURATION_HINT = "a duration like 30s, 5m, 1h30m or 250ms (or a number of seconds)"
+LONG_DURATION_HINT = "a duration like 7d, 12h or 1d12h (or a number of seconds)"
 CPU_HINT = "a CPU amount like 1, 0.5 or 200m"
 MEMORY_HINT = "a memory amount like 512Mi, 1Gi or 500M (or a number of bytes)"
 
 
-def parse_duration(value: object) -> float:
-    """Seconds from a number of seconds or a Go-style duration string; ValueError names the expected form."""
+def parse_duration(value: object, *, days: bool = False) -> float:
+    """Seconds from a number of seconds or a Go-style duration string; ValueError names the expected form.
+
+    `days=True` also accepts a leading whole number of days ("7d", "1d12h"), which Go's grammar lacks.
+    """
+    hint = LONG_DURATION_HINT if days else DURATION_HINT
     if isinstance(value, bool) or not isinstance(value, int | float | str):
-        raise ValueError(f"expected {DURATION_HINT}, got {value!r}")
+        raise ValueError(f"expected {hint}, got {value!r}")
     if isinstance(value, int | float):
-        return _finite(float(value), DURATION_HINT)
+        return _finite(float(value), hint)
     text = value.strip()
     if _PLAIN_NUMBER.fullmatch(text):
         return float(text)
-    if not _DURATION.fullmatch(text):
-        raise ValueError(f"expected {DURATION_HINT}, got {value!r}")
+    whole_days = 0
+    days_match = _DAYS.fullmatch(text) if days else None
+    if days_match:
+        whole_days, text = int(days_match[1]), days_match[2]
+        if not text:
+            return float(whole_days * _DAY)
+    if not _DURATION.fullmatch(text) or (days_match and text.startswith(("+", "-"))):
+        raise ValueError(f"expected {hint}, got {value!r}")
     total = sum(
         (Decimal(number) * _DURATION_UNITS[unit] for number, unit in _DURATION_TERM.findall(text)),
         Decimal(0),
     )
-    return float(-total if text.startswith("-") else total)
+    return float(whole_days * _DAY + (-total if text.startswith("-") else total))
 
 
-def format_duration(seconds: float) -> str:
-    """The shortest exact rendering: 60 -> "1m", 90 -> "1m30s", 0.25 -> "250ms", 5400 -> "1h30m"."""
+def format_duration(seconds: float, *, days: bool = False) -> str:
+    """The shortest exact rendering: 60 -> "1m", 90 -> "1m30s", 0.25 -> "250ms", 5400 -> "1h30m".
+
+    `days=True` writes whole days first (604800 -> "7d", 129600 -> "1d12h"), for `parse_duration(days=True)`.
+    """
     if seconds == 0:
         return "0s"
+    if days and seconds >= _DAY:
+        whole_days, rest = divmod(seconds, _DAY)
+        return f"{int(whole_days)}d" + (format_duration(rest) if rest else "")
     sign = "-" if seconds < 0 else ""
     magnitude = abs(seconds)
     millis = round(magnitude * 1000)

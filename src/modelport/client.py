@@ -87,11 +87,44 @@ class Client:
         self._call("POST", f"/v1/apis/{_quote(name)}/refresh")
 
     def read_logs(
-        self, name: str, cursor: dict[str, int] | None = None
+        self, name: str, cursor: dict[str, int] | None = None, *, job_id: str | None = None
     ) -> tuple[list[dict[str, str]], dict[str, int]]:
-        """New log lines of every replica of `name` since `cursor` (None: the recent part of each log)."""
-        result = self._call("POST", f"/v1/apis/{_quote(name)}/logs", {"cursor": cursor or {}})
+        """New log lines of every replica of `name` (or of one job's workers) since `cursor` (None: the
+        recent part of each log)."""
+        path = f"/v1/apis/{_quote(name)}" + (f"/jobs/{_quote(job_id)}" if job_id else "") + "/logs"
+        result = self._call("POST", path, {"cursor": cursor or {}})
         return result["lines"], result["cursor"]
+
+    # Jobs (BatchAPI, TaskAPI)
+    def list_jobs(self, name: str) -> list[dict[str, Any]]:
+        """The API's jobs, newest first, each in Cortex's job_status shape."""
+        jobs: list[dict[str, Any]] = self._call("GET", f"/v1/apis/{_quote(name)}/jobs")["jobs"]
+        return jobs
+
+    def get_job(self, name: str, job_id: str) -> dict[str, Any]:
+        job: dict[str, Any] = self._call("GET", f"/v1/apis/{_quote(name)}/jobs/{_quote(job_id)}")
+        return job
+
+    def stop_job(self, name: str, job_id: str) -> None:
+        self._call("DELETE", f"/v1/apis/{_quote(name)}/jobs/{_quote(job_id)}")
+
+    def submit(self, name: str, submission: Any = None, *, body: bytes | None = None, query: str = "") -> Any:
+        """POST a job (BatchAPI), a task (TaskAPI) or a request (AsyncAPI) to the API's endpoint; returns
+        the job's status, or {"id"} of an async request."""
+        return self.predict(name, submission, body=body, query=query)
+
+    def get_result(self, name: str, request_id: str) -> dict[str, Any]:
+        """An async request's {id, status, result, timestamp}."""
+        endpoint = self.get_api(name)["endpoint"]
+        request = urllib.request.Request(f"{endpoint}/{_quote(request_id)}", method="GET")
+        try:
+            with urllib.request.urlopen(request, timeout=self.timeout) as response:
+                result: dict[str, Any] = json.loads(response.read())
+                return result
+        except urllib.error.HTTPError as exc:
+            raise _error_from(exc.code, exc.read()) from None
+        except (urllib.error.URLError, ConnectionError) as exc:
+            raise UnavailableError(f"the gateway at {endpoint} did not answer: {exc}") from None
 
     def predict(
         self,

@@ -26,6 +26,9 @@ class Settings:
     gateway_host: str = "127.0.0.1"
     # How often the autoscaler decides (Cortex: 10 s). Lower it only to watch scaling in tests or demos.
     autoscale_interval_seconds: float = 10.0
+    # A job or async lease's life between a worker's heartbeats; a worker that dies without the daemon
+    # noticing (a daemon restart) has its items retried after this long.
+    job_visibility_seconds: float = 30.0
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
@@ -37,6 +40,7 @@ class Settings:
             control_port=_port(env, "MODELPORT_CONTROL_PORT", DEFAULT_CONTROL_PORT),
             gateway_host=env.get("MODELPORT_GATEWAY_HOST") or "127.0.0.1",
             autoscale_interval_seconds=_seconds(env, "MODELPORT_AUTOSCALE_INTERVAL", 10.0),
+            job_visibility_seconds=_seconds(env, "MODELPORT_JOB_VISIBILITY", 30.0),
         )
 
     # Where things live under home. One place, so that the daemon, the CLI and tests agree.

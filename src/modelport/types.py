@@ -14,6 +14,7 @@ from typing import NewType
 ApiName = NewType("ApiName", str)
 ReplicaId = NewType("ReplicaId", str)
 Revision = NewType("Revision", str)
+JobId = NewType("JobId", str)  # a batch job or a task run
 
 
 class ApiKind(StrEnum):
@@ -22,6 +23,40 @@ class ApiKind(StrEnum):
     ASYNC = "AsyncAPI"
     TASK = "TaskAPI"
     TRAFFIC_SPLITTER = "TrafficSplitter"
+
+
+class WorkloadRole(StrEnum):
+    """What a process started for an API does; the backend picks its command by role."""
+
+    REPLICA = "replica"  # an HTTP server (RealtimeAPI; AsyncAPI replicas also consume the async queue)
+    BATCH_WORKER = "batch-worker"  # leases the batches of one job until the job ends
+    TASK = "task"  # runs one task (TaskAPI) to completion
+
+
+class JobStatus(StrEnum):
+    """A batch job's or a task's status (Cortex's job statuses), derived from the queue and the workers."""
+
+    ENQUEUING = "enqueuing"
+    RUNNING = "running"
+    SUCCEEDED = "succeeded"
+    COMPLETED_WITH_FAILURES = "completed_with_failures"  # some batches ended as dead letters
+    FAILED = "failed"  # a task that raised
+    WORKER_ERROR = "worker_error"  # workers kept crashing (e.g. the predictor's __init__ raises)
+    TIMED_OUT = "timed_out"
+    STOPPED = "stopped"  # deleted by the user
+
+    @property
+    def is_terminal(self) -> bool:
+        return self not in (JobStatus.ENQUEUING, JobStatus.RUNNING)
+
+
+class AsyncStatus(StrEnum):
+    """One async request's status (Cortex's AsyncAPI)."""
+
+    IN_QUEUE = "in_queue"
+    IN_PROGRESS = "in_progress"
+    COMPLETED = "completed"
+    FAILED = "failed"
 
 
 class ApiStatus(StrEnum):
@@ -82,6 +117,9 @@ class ApiRoute:
     hold_when_empty: bool = False
     hold_queue_limit: int = 0
     hold_timeout_seconds: float = 0.0
+    # RealtimeAPI routes go to replicas; the other kinds' endpoints take job or async submissions, which
+    # the gateway hands to its submission handler (`<endpoint>` and `<endpoint>/<id>`).
+    kind: ApiKind = ApiKind.REALTIME
 
 
 @dataclass(frozen=True, slots=True)

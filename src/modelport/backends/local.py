@@ -27,11 +27,12 @@ from modelport.clock import Clock, SystemClock
 from modelport.controller.ports import ComputeVerdict, ObservedReplica, ReplicaLaunch
 from modelport.errors import ConflictError
 from modelport.spec.model import ApiSpec
-from modelport.types import Address, ReplicaId, ReplicaPhase
+from modelport.types import Address, ApiKind, ReplicaId, ReplicaPhase, WorkloadRole
 
 logger = logging.getLogger(__name__)
 
 ReplicaCommand = Callable[[ReplicaLaunch, int], list[str]]
+WorkerCommand = Callable[[ReplicaLaunch, str], list[str]]  # (launch, control API URL)
 
 # The replica's own drain budget (`--grace`): in-flight requests get this long after SIGTERM. The controller's
 # terminate grace should exceed it, so that a draining replica exits 0 before the SIGKILL deadline.
@@ -54,6 +55,20 @@ def default_replica_command(launch: ReplicaLaunch, port: int) -> list[str]:
         "--port", str(port),
         "--replica-id", launch.replica_id,
         "--grace", f"{REPLICA_DRAIN_SECONDS:g}",
+    ]  # fmt: skip
+
+
+def default_worker_command(launch: ReplicaLaunch, control_url: str) -> list[str]:
+    """`python -m modelport worker ...`: one batch worker or task process of a job (runtime/worker.py)."""
+    if launch.job_id is None:
+        raise ValueError(f"worker {launch.replica_id} has no job")
+    return [
+        sys.executable, "-m", "modelport", "worker",
+        "--project-dir", str(launch.project_dir),
+        "--spec", str(launch.spec_path),
+        "--job-id", launch.job_id,
+        "--worker-id", launch.replica_id,
+        "--control-url", control_url,
     ]  # fmt: skip
 
 
@@ -90,6 +105,8 @@ class _Replica:
             ready_at=self.ready_at,
             exit_code=self.exit_code,
             log_path=self.log_path,
+            role=self.launch.role,
+            job_id=self.launch.job_id,
         )
 
 
@@ -103,6 +120,8 @@ class LocalBackend:
         clock: Clock | None = None,
         host: str = "127.0.0.1",
         replica_command: ReplicaCommand = default_replica_command,
+        worker_command: WorkerCommand = default_worker_command,
+        control_url: str | None = None,
         probe_timeout: float = 1.0,
         health_interval: float = 2.0,
         health_failure_threshold: int = 3,
@@ -112,6 +131,9 @@ class LocalBackend:
         self._clock: Clock = clock if clock is not None else SystemClock()
         self._host = host
         self._replica_command = replica_command
+        self._worker_command = worker_command
+        # Where workers and AsyncAPI replicas reach the control API's queue routes (docs/jobs.md).
+        self._control_url = control_url
         self._probe_timeout = probe_timeout
         self._health_interval = health_interval
         self._health_failure_threshold = health_failure_threshold
@@ -218,12 +240,24 @@ class LocalBackend:
         for _, old in finished[KEPT_LOGS_PER_API:]:
             old.unlink(missing_ok=True)
 
-    def _spawn(self, launch: ReplicaLaunch, gpus: tuple[int, ...]) -> _Replica:
+    def _command(self, launch: ReplicaLaunch) -> tuple[list[str], int | None, Path]:
+        """The process's command line, its port (None for workers, which serve no HTTP) and its log file."""
+        folder = self._logs_dir / launch.api_name
+        if launch.role is not WorkloadRole.REPLICA:
+            if self._control_url is None or launch.job_id is None:
+                raise ConflictError(f"cannot start worker {launch.replica_id}: no control API URL or job")
+            folder = folder / "jobs" / launch.job_id
+            return self._worker_command(launch, self._control_url), None, folder / f"{launch.replica_id}.log"
         port = _free_port(self._host)
-        log_path = self._logs_dir / launch.api_name / f"{launch.replica_id}.log"
+        command = self._replica_command(launch, port)
+        if launch.spec.kind is ApiKind.ASYNC and self._control_url is not None:
+            command = [*command, "--control-url", self._control_url]
+        return command, port, folder / f"{launch.replica_id}.log"
+
+    def _spawn(self, launch: ReplicaLaunch, gpus: tuple[int, ...]) -> _Replica:
+        command, port, log_path = self._command(launch)
         log_path.parent.mkdir(parents=True, exist_ok=True)
         self._prune_logs(log_path.parent)
-        command = self._replica_command(launch, port)
         started_at = self._clock.wall()
         with log_path.open("ab") as log:
             try:
@@ -254,11 +288,24 @@ class LocalBackend:
                 )
             # Written right after exec; an interpreter needs tens of milliseconds before its first output, so
             # in practice the header comes first (the pid is not known any earlier).
+            where = f"port {port}" if port is not None else f"job {launch.job_id}"
             header = (
-                f"=== replica {launch.replica_id} of api {launch.api_name} (revision {launch.revision}) "
-                f"starting: pid {process.pid}, port {port} ===\n"
+                f"=== {_noun(launch)} {launch.replica_id} of api {launch.api_name} "
+                f"(revision {launch.revision}) "
+                f"starting: pid {process.pid}, {where} ===\n"
             )
             log.write(header.encode())
+        if port is None:
+            # A worker serves no HTTP: it is running as soon as it is spawned; its exit says how it went.
+            return _Replica(
+                launch=launch,
+                process=process,
+                address=None,
+                log_path=log_path,
+                started_at=started_at,
+                phase=ReplicaPhase.READY,
+                ready_at=started_at,
+            )
         return _Replica(
             launch=launch,
             process=process,
@@ -353,6 +400,10 @@ class LocalBackend:
         _append_line(replica.log_path, f"=== replica {replica.replica_id} killed (SIGKILL): {reason} ===")
         replica.kill_at = None
         _signal_group(replica, signal.SIGKILL)
+
+
+def _noun(launch: ReplicaLaunch) -> str:
+    return "replica" if launch.role is WorkloadRole.REPLICA else str(launch.role)
 
 
 def kill_stale_replicas(replicas: Iterable[tuple[int, str]]) -> list[str]:

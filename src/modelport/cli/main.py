@@ -7,7 +7,6 @@ spec, a bad flag), 130 interrupted.
 from __future__ import annotations
 
 import dataclasses
-import functools
 import sys
 import time
 from collections.abc import Callable
@@ -17,6 +16,7 @@ from typing import Any, TypeVar
 import click
 
 from modelport.cli import output
+from modelport.cli.failures import EXIT_BAD_INPUT, EXIT_FAILURE, fail_cleanly
 from modelport.client import Client, PredictionError
 from modelport.errors import ClusterNotRunningError, ModelportError, UserInputError
 from modelport.settings import Settings
@@ -24,8 +24,6 @@ from modelport.version import __version__
 
 R = TypeVar("R")
 
-EXIT_FAILURE = 1
-EXIT_BAD_INPUT = 2
 
 OUTPUT_OPTION = click.option(
     "-o",
@@ -34,33 +32,6 @@ OUTPUT_OPTION = click.option(
     default=None,
     help="pretty tables for people (default), json for programs",
 )
-
-
-def _fail_cleanly(func: Callable[..., R]) -> Callable[..., R]:
-    """Turn modelport errors into a one-line message on stderr and a meaningful exit code."""
-
-    @functools.wraps(func)
-    def wrapper(*args: Any, **kwargs: Any) -> R:
-        try:
-            return func(*args, **kwargs)
-        except UserInputError as exc:
-            for line in str(exc).splitlines() or [type(exc).__name__]:
-                output.error(line)
-            sys.exit(EXIT_BAD_INPUT)
-        except PredictionError as exc:
-            output.error(str(exc))
-            sys.exit(EXIT_FAILURE)
-        except ModelportError as exc:
-            output.error(str(exc))
-            sys.exit(EXIT_FAILURE)
-        except OSError as exc:  # e.g. a home folder that cannot be created
-            where = f" ({exc.filename})" if exc.filename else ""
-            output.error(f"{exc.strerror or exc}{where}")
-            sys.exit(EXIT_FAILURE)
-        except KeyboardInterrupt:
-            sys.exit(130)
-
-    return wrapper
 
 
 @dataclasses.dataclass
@@ -208,7 +179,7 @@ def _start_cluster(settings: Settings, *, quiet: bool) -> None:
 @cluster.command("up")
 @_cluster_options
 @pass_context
-@_fail_cleanly
+@fail_cleanly
 def cluster_up(ctx: Context, home: Path | None, gateway_port: int | None, control_port: int | None) -> None:
     """Start the local cluster in the background (deploy does this when needed)."""
     ctx.settings = _with_overrides(
@@ -225,7 +196,7 @@ def cluster_up(ctx: Context, home: Path | None, gateway_port: int | None, contro
 
 @cluster.command("down")
 @pass_context
-@_fail_cleanly
+@fail_cleanly
 def cluster_down(ctx: Context) -> None:
     """Stop the local cluster and every replica it started."""
     from modelport.cluster.daemon import (
@@ -261,7 +232,7 @@ def cluster_down(ctx: Context) -> None:
 @cluster.command("info")
 @OUTPUT_OPTION
 @pass_context
-@_fail_cleanly
+@fail_cleanly
 def cluster_info(ctx: Context, **_: Any) -> None:
     """Where the local cluster listens and what it holds."""
     info = ctx.client().health()
@@ -290,7 +261,7 @@ def cluster_run(ctx: Context) -> None:
 @click.option("--timeout", default=300.0, show_default=True, help="seconds --wait waits at most")
 @OUTPUT_OPTION
 @pass_context
-@_fail_cleanly
+@fail_cleanly
 def deploy(ctx: Context, path: Path, wait: bool, timeout: float, **_: Any) -> None:
     """Create or update the APIs of the project at PATH (a folder with modelport.yaml, or the file)."""
     from modelport.spec.load import load_project
@@ -353,15 +324,25 @@ def _wait_until_settled(
 
 @cli.command()
 @click.argument("api", required=False)
+@click.argument("job_id", required=False)
 @OUTPUT_OPTION
-@click.option("-w", "--watch", is_flag=True, help="re-print every 2 s until interrupted")
+@click.option("-w", "--watch", is_flag=True, help="re-print every 2 s until interrupted (or the job ends)")
 @pass_context
-@_fail_cleanly
-def get(ctx: Context, api: str | None, watch: bool, **_: Any) -> None:
-    """Show every API (status, replicas, traffic), or one API in detail."""
+@fail_cleanly
+def get(ctx: Context, api: str | None, job_id: str | None, watch: bool, **_: Any) -> None:
+    """Show every API (status, replicas, traffic), one API in detail (a batch or task API: its jobs), or
+    one job of it."""
     client = ctx.client()
     while True:
-        if api is None:
+        if api is not None and job_id is not None:
+            job = client.get_job(api, job_id)
+            if _wants_json():
+                output.print_json(job)
+            else:
+                output.show_job(job, now=time.time())
+            if job["status"] not in ("running", "enqueuing"):
+                return
+        elif api is None:
             apis = client.list_apis()
             if _wants_json():
                 output.print_json(apis)
@@ -371,10 +352,15 @@ def get(ctx: Context, api: str | None, watch: bool, **_: Any) -> None:
                 output.stdout.print(output.apis_table(apis, now=time.time()))
         else:
             detail = client.get_api(api)
+            jobs = client.list_jobs(api) if detail["kind"] in ("BatchAPI", "TaskAPI") else None
             if _wants_json():
-                output.print_json(detail)
+                output.print_json(detail if jobs is None else {**detail, "jobs": jobs})
+            elif jobs is None:
+                output.show_api(detail, now=time.time())
             else:
                 output.show_api(detail, now=time.time())
+                output.stdout.print("\njobs", style="bold")
+                output.stdout.print(output.jobs_table(jobs, now=time.time()) if jobs else "no jobs yet")
         if not watch:
             return
         time.sleep(2)
@@ -385,7 +371,7 @@ def get(ctx: Context, api: str | None, watch: bool, **_: Any) -> None:
 @click.argument("api")
 @OUTPUT_OPTION
 @pass_context
-@_fail_cleanly
+@fail_cleanly
 def describe(ctx: Context, api: str, **_: Any) -> None:
     """One row per replica of API (state, revision, in-flight requests, restarts, age), then the recent
     autoscaling events."""
@@ -410,7 +396,7 @@ def describe(ctx: Context, api: str, **_: Any) -> None:
 @click.argument("file", required=False, type=click.Path(allow_dash=True, path_type=Path))
 @click.option("--query", default="", help="query string to send, e.g. 'sleep=0.5'")
 @pass_context
-@_fail_cleanly
+@fail_cleanly
 def predict(ctx: Context, api: str, file: Path | None, query: str) -> None:
     """POST the JSON in FILE (or stdin with '-', default ./sample.json) to API and print the answer."""
     if file is None:
@@ -435,19 +421,22 @@ def predict(ctx: Context, api: str, file: Path | None, query: str) -> None:
 
 @cli.command()
 @click.argument("api")
+@click.argument("job_id", required=False)
 @click.option("--follow/--no-follow", default=True, show_default=True, help="keep printing new lines")
 @pass_context
-@_fail_cleanly
-def logs(ctx: Context, api: str, follow: bool) -> None:
-    """Print the logs of every replica of API, prefixed with the replica, and follow them."""
+@fail_cleanly
+def logs(ctx: Context, api: str, job_id: str | None, follow: bool) -> None:
+    """Print the logs of every replica of API (or of every worker of one job), prefixed with the replica,
+    and follow them (a job's until it ends)."""
     client = ctx.client()
     cursor: dict[str, int] | None = None
     while True:
-        lines, cursor = client.read_logs(api, cursor)
+        ended = job_id is not None and client.get_job(api, job_id)["status"] not in ("running", "enqueuing")
+        lines, cursor = client.read_logs(api, cursor, job_id=job_id)
         for entry in lines:
             sys.stdout.write(f"[{entry['replica']}] {entry['line']}\n")
         sys.stdout.flush()
-        if not follow:
+        if not follow or ended:
             return
         time.sleep(0.25)
 
@@ -455,7 +444,7 @@ def logs(ctx: Context, api: str, follow: bool) -> None:
 @cli.command()
 @click.argument("api")
 @pass_context
-@_fail_cleanly
+@fail_cleanly
 def refresh(ctx: Context, api: str) -> None:
     """Restart every replica of API with no downtime (a rolling restart)."""
     ctx.client().refresh(api)
@@ -464,12 +453,74 @@ def refresh(ctx: Context, api: str) -> None:
 
 @cli.command()
 @click.argument("api")
+@click.argument("job_id", required=False)
 @pass_context
-@_fail_cleanly
-def delete(ctx: Context, api: str) -> None:
-    """Delete API and stop its replicas."""
+@fail_cleanly
+def delete(ctx: Context, api: str, job_id: str | None) -> None:
+    """Delete API and stop its replicas, or stop one job of it."""
+    if job_id is not None:
+        ctx.client().stop_job(api, job_id)
+        output.stderr.print(f"stopped job {job_id} of {api}")
+        return
     ctx.client().delete(api)
     output.stderr.print(f"deleted {api}")
+
+
+@cli.command()
+@click.argument("api")
+@click.argument("file", type=click.Path(allow_dash=True, path_type=Path))
+@click.option("--dry-run", is_flag=True, help="batch jobs: list what would be enqueued, enqueue nothing")
+@click.option(
+    "--wait", is_flag=True, help="follow the job's progress until it ends (exit 1 unless succeeded)"
+)
+@OUTPUT_OPTION
+@pass_context
+@fail_cleanly
+def submit(ctx: Context, api: str, file: Path, dry_run: bool, wait: bool, **_: Any) -> None:
+    """Submit the job (BatchAPI), task (TaskAPI) or request (AsyncAPI) in FILE ('-': stdin) to API."""
+    if str(file) == "-":
+        body = sys.stdin.buffer.read()
+    else:
+        try:
+            body = file.read_bytes()
+        except OSError as exc:
+            raise UserInputError(f"submit: cannot read {file}: {exc.strerror}") from None
+    client = ctx.client()
+    try:
+        answer = client.submit(api, body=body, query="dryRun=true" if dry_run else "")
+    except PredictionError as exc:
+        raise UserInputError(f"submit: {exc}") from None
+    if _wants_json() and not wait:
+        output.print_json(answer)
+        return
+    if not isinstance(answer, dict) or "job_id" not in answer:
+        output.print_json(answer)
+        return
+    output.stderr.print(f"submitted job {answer['job_id']} ({answer['total_batch_count']} batches)")
+    if not wait:
+        sys.stdout.write(answer["job_id"] + "\n")
+        return
+    job = _follow_job(client, api, answer["job_id"])
+    if _wants_json():
+        output.print_json(job)
+    else:
+        output.show_job(job, now=time.time())
+    if job["status"] != "succeeded":
+        sys.exit(EXIT_FAILURE)
+
+
+def _follow_job(client: Client, api: str, job_id: str) -> dict[str, Any]:
+    """Poll the job until it ends, with one progress line on stderr; returns its final status."""
+    while True:
+        job = client.get_job(api, job_id)
+        line = f"{job['status']:<10} {output.job_progress(job)}"
+        if sys.stderr.isatty():
+            output.stderr.print(line, end="\r")
+        if job["status"] not in ("running", "enqueuing"):
+            if sys.stderr.isatty():
+                output.stderr.print()
+            return job
+        time.sleep(0.5)
 
 
 @cli.command("replica", hidden=True, context_settings={"ignore_unknown_options": True})
@@ -481,10 +532,29 @@ def replica(args: tuple[str, ...]) -> None:
     sys.exit(replica_main(list(args)))
 
 
+@cli.command("worker", hidden=True, context_settings={"ignore_unknown_options": True})
+@click.argument("args", nargs=-1, type=click.UNPROCESSED)
+def worker(args: tuple[str, ...]) -> None:
+    """Run a worker of a batch job or a task (started by the cluster, not by users)."""
+    from modelport.runtime.worker import main as worker_main
+
+    sys.exit(worker_main(list(args)))
+
+
 def _wants_json() -> bool:
     ctx = click.get_current_context()
     chosen = ctx.params.get("output") or ctx.find_root().params.get("output")
     return bool(chosen == "json")
+
+
+def _register_commands() -> None:
+    """Commands that live in their own modules (they import cli.main's helpers, so they join here)."""
+    from modelport.cli.render import render
+
+    cli.add_command(render)
+
+
+_register_commands()
 
 
 def main() -> None:

@@ -149,3 +149,98 @@ def show_api(api: dict[str, Any], *, now: float) -> None:
     stdout.print(f"example curl: {api['example_curl']}")
     stdout.print("\nconfiguration\n", style="bold")
     stdout.print(yaml.safe_dump(api["spec"], sort_keys=False).rstrip())
+
+
+_JOB_STYLE = {
+    "running": "yellow",
+    "enqueuing": "yellow",
+    "succeeded": "green",
+    "completed_with_failures": "red",
+    "failed": "red",
+    "worker_error": "red",
+    "timed_out": "red",
+    "stopped": "blue",
+}
+
+
+def _job_status(status: str) -> Text:
+    return Text(status, style=_JOB_STYLE.get(status, ""))
+
+
+def job_progress(job: dict[str, Any], *, width: int = 20) -> str:
+    """`[#######-------] 35/100 batches (2 failed)`: settled batches of the total."""
+    metrics, total = job["batch_metrics"], max(job["total_batch_count"], 1)
+    settled = metrics["succeeded"] + metrics["failed"]
+    filled = round(width * settled / total)
+    failed = f" ({metrics['failed']} failed)" if metrics["failed"] else ""
+    return f"[{'#' * filled}{'-' * (width - filled)}] {settled}/{job['total_batch_count']} batches{failed}"
+
+
+def jobs_table(jobs: Sequence[dict[str, Any]], *, now: float) -> Table:
+    table = _table("job id", "status", "progress", "workers", "avg batch", "started", "duration")
+    for job in jobs:
+        start, end = job.get("start_time"), job.get("end_time")
+        workers = job["worker_counts"]
+        table.add_row(
+            job["job_id"],
+            _job_status(job["status"]),
+            job_progress(job, width=10),
+            f"{workers['running']}/{job['workers']}",
+            latency(job["batch_metrics"]["avg_time_per_batch"]),
+            age(now - start) + " ago" if start else "-",
+            age((end or now) - (start or job["created_time"])),
+        )
+    return table
+
+
+def show_job(job: dict[str, Any], *, now: float) -> None:
+    """`modelport get API JOB_ID`: status, progress, batch and worker counts, failures."""
+    stdout.print(
+        Text(f"job {job['job_id']} of {job['api_name']} ({job['kind']}): ") + _job_status(job["status"])
+    )
+    if job.get("reason"):
+        stdout.print(Text(job["reason"], style="red" if job["status"] != "stopped" else "blue"))
+    if job.get("waiting"):
+        stdout.print(Text(f"waiting: {job['waiting']}", style="yellow"))
+    stdout.print(job_progress(job))
+    metrics, workers = job["batch_metrics"], job["worker_counts"]
+    table = _table("batches", "succeeded", "failed", "in progress", "in queue", "avg time per batch")
+    table.add_row(
+        str(job["total_batch_count"]),
+        str(metrics["succeeded"]),
+        str(metrics["failed"]),
+        str(metrics["in_progress"]),
+        str(job["batches_in_queue"]),
+        latency(metrics["avg_time_per_batch"]),
+    )
+    stdout.print(table)
+    workers_table = _table("workers", "pending", "initializing", "running", "succeeded", "failed")
+    workers_table.add_row(
+        str(job["workers"]),
+        str(workers["pending"]),
+        str(workers["initializing"]),
+        str(workers["running"]),
+        str(workers["succeeded"]),
+        str(workers["failed"]),
+    )
+    stdout.print(workers_table)
+    start, end = job.get("start_time"), job.get("end_time")
+    stdout.print(
+        f"submitted {age(now - job['created_time'])} ago"
+        + (f", started {age(now - start)} ago" if start else ", not started")
+        + (f", ran {age(end - (start or job['created_time']))}" if end else "")
+    )
+    failed = job.get("failed_batches") or []
+    if failed:
+        stdout.print("\nfailed batches", style="bold")
+        failures = _table("batch id", "attempts", "error")
+        for batch in failed[:20]:
+            first = (batch.get("error") or "").strip().splitlines()
+            failures.add_row(batch["batch_id"], str(batch["attempts"]), first[-1] if first else "-")
+        stdout.print(failures)
+        if len(failed) > 20:
+            stdout.print(f"... and {len(failed) - 20} more (see -o json)")
+    completion = job.get("on_job_complete")
+    if completion and completion.get("error"):
+        stdout.print(Text(f"\non_job_complete failed: {completion['error']}", style="red"))
+    stdout.print(f"\nendpoint: {job['endpoint']}")

@@ -18,15 +18,17 @@ from urllib.parse import unquote
 import orjson
 
 from modelport.cluster import serialize
+from modelport.cluster.http_errors import error_to_response
+from modelport.cluster.jobs_api import JobsApi
 from modelport.cluster.requirements import requirements_warning
 from modelport.cluster.snapshot import prepare
 from modelport.controller.loop import Controller
 from modelport.controller.ports import DesiredApi
-from modelport.errors import ConflictError, ModelportError, NotFoundError, UnavailableError, UserInputError
+from modelport.errors import NotFoundError, UserInputError
 from modelport.http.server import Request, Response, error_response, json_response
 from modelport.settings import Settings
-from modelport.spec.load import SpecError, load_project
-from modelport.types import ApiName
+from modelport.spec.load import load_project
+from modelport.types import ApiName, JobId
 from modelport.version import __version__
 
 log = logging.getLogger("modelport.control")
@@ -46,6 +48,7 @@ class ControlApi:
         gateway_url: str,
         request_shutdown: Callable[[], None],
         clock_wall: Callable[[], float],
+        jobs: JobsApi | None = None,
     ) -> None:
         self._controller = controller
         self._settings = settings
@@ -61,8 +64,11 @@ class ControlApi:
             ("DELETE", re.compile(r"/v1/apis/(?P<name>[^/]+)"), self._delete_api),
             ("POST", re.compile(r"/v1/apis/(?P<name>[^/]+)/refresh"), self._refresh_api),
             ("POST", re.compile(r"/v1/apis/(?P<name>[^/]+)/logs"), self._read_logs),
+            ("POST", re.compile(r"/v1/apis/(?P<name>[^/]+)/jobs/(?P<job_id>[^/]+)/logs"), self._read_logs),
             ("POST", re.compile(r"/v1/cluster/shutdown"), self._shutdown),
         ]
+        if jobs is not None:
+            self._routes.extend(jobs.routes())
 
     async def handle(self, request: Request) -> Response:
         path_matched = False
@@ -76,29 +82,8 @@ class ControlApi:
             try:
                 params = {key: unquote(value) for key, value in match.groupdict().items()}
                 return await handler(request, params)
-            except SpecError as exc:
-                return json_response(
-                    400,
-                    {
-                        "error": str(exc),
-                        "problems": [
-                            {"file": p.file, "path": p.path, "message": p.message} for p in exc.problems
-                        ],
-                    },
-                )
-            except UserInputError as exc:
-                return error_response(400, str(exc))
-            except NotFoundError as exc:
-                return error_response(404, str(exc))
-            except ConflictError as exc:
-                return error_response(409, str(exc))
-            except UnavailableError as exc:
-                return error_response(503, str(exc))
-            except ModelportError as exc:
-                return error_response(500, str(exc))
-            except Exception:
-                log.exception("control API %s %s failed", request.method, request.path)
-                return error_response(500, "internal error in the modelport daemon: see its log")
+            except Exception as exc:
+                return error_to_response(exc, request)
         if path_matched:
             return error_response(405, f"method {request.method} is not allowed on {request.path}")
         return error_response(404, f"no control API route {request.path}")
@@ -180,7 +165,8 @@ class ControlApi:
 
     async def _read_logs(self, request: Request, params: dict[str, str]) -> Response:
         name = ApiName(params["name"])
-        paths = self._controller.log_paths(name)
+        job_id = params.get("job_id")
+        paths = self._controller.log_paths(name, JobId(job_id) if job_id else None)
         cursor = _json_body(request).get("cursor") or {}
         if not isinstance(cursor, dict):
             raise UserInputError("logs: 'cursor' must be an object of {path: offset}")

@@ -29,11 +29,14 @@ from modelport.backends.local import LocalBackend, kill_stale_replicas
 from modelport.clock import SystemClock
 from modelport.cluster import snapshot
 from modelport.cluster.control_api import ControlApi
+from modelport.cluster.jobs_api import JobsApi
+from modelport.controller.jobs import JobScheduler
 from modelport.controller.loop import Controller
 from modelport.errors import ModelportError, UnavailableError
 from modelport.gateway.app import Gateway
 from modelport.http.server import HttpServer
 from modelport.settings import Settings
+from modelport.store.jobs import SqliteJobStore
 from modelport.store.sqlite import SqliteStateStore
 
 log = logging.getLogger("modelport.daemon")
@@ -116,12 +119,16 @@ async def run_daemon(settings: Settings) -> int:
     lock = _lock_home(settings)
     clock = SystemClock()
     store = SqliteStateStore(settings.database_path)
+    job_store = SqliteJobStore(settings.database_path)
     stop = asyncio.Event()
     try:
         _reap_leftovers(store)
 
-        backend = LocalBackend(logs_dir=settings.logs_dir, clock=clock)
+        backend = LocalBackend(logs_dir=settings.logs_dir, clock=clock, control_url=settings.control_url)
         gateway = Gateway(clock=clock)
+        scheduler = JobScheduler(
+            store=job_store, clock=clock, visibility_seconds=settings.job_visibility_seconds
+        )
         controller = Controller(
             backend=backend,
             routes=gateway,
@@ -130,7 +137,10 @@ async def run_daemon(settings: Settings) -> int:
             clock=clock,
             drain_grace_seconds=REPLICA_KILL_AFTER_SECONDS,
             autoscale_interval_seconds=settings.autoscale_interval_seconds,
+            jobs=scheduler,
         )
+        jobs_api = JobsApi(controller=controller, scheduler=scheduler, gateway_url=settings.gateway_url)
+        gateway.serve_submissions(jobs_api)
         removed = snapshot.prune(
             keep=store.load_apis(), snapshots_dir=settings.snapshots_dir, specs_dir=settings.specs_dir
         )
@@ -145,6 +155,7 @@ async def run_daemon(settings: Settings) -> int:
             gateway_url=settings.gateway_url,
             request_shutdown=stop.set,
             clock_wall=clock.wall,
+            jobs=jobs_api,
         )
         control_server = HttpServer(control.handle)
         await control_server.start(host="127.0.0.1", port=settings.control_port)
@@ -181,6 +192,7 @@ async def run_daemon(settings: Settings) -> int:
         log.info("modelport cluster stopped")
         return 0
     finally:
+        job_store.close()
         store.close()
         with contextlib.suppress(FileNotFoundError):
             settings.daemon_pid_path.unlink()

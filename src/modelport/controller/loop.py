@@ -23,6 +23,7 @@ from modelport.controller.backoff import (
     record_failure,
     record_ready,
 )
+from modelport.controller.jobs import JobScheduler, WorkerLaunch
 from modelport.controller.plan import LIVE_PHASES, Target, plan_rollout
 from modelport.controller.ports import (
     Backend,
@@ -38,9 +39,22 @@ from modelport.controller.scaling import Autoscalers
 from modelport.controller.status import ReplicaCounts, StatusReport, count_replicas, derive_status
 from modelport.controller.views import ApiView, build_api_view, build_route
 from modelport.errors import NotFoundError
-from modelport.types import ApiName, ApiRoute, ApiStatus, ApiTraffic, ReplicaId, ReplicaPhase
+from modelport.types import (
+    ApiKind,
+    ApiName,
+    ApiRoute,
+    ApiStatus,
+    ApiTraffic,
+    JobId,
+    ReplicaId,
+    ReplicaPhase,
+    WorkloadRole,
+)
 
 DeployOutcome = Literal["created", "updated", "unchanged"]
+# Kinds served by long-running replicas that the rollout planner and the autoscaler manage; batch jobs and
+# tasks run workers that the job scheduler starts per job instead.
+REPLICA_KINDS = frozenset({ApiKind.REALTIME, ApiKind.ASYNC})
 P = ParamSpec("P")
 
 SLOW_PHASE_SECONDS = 1.0  # a phase slower than this is logged: the loop should turn many times a second
@@ -65,11 +79,13 @@ class Controller:
         drain_grace_seconds: float = 30.0,
         autoscale_interval_seconds: float = 10.0,
         backoff: BackoffPolicy | None = None,
+        jobs: JobScheduler | None = None,
         logger: logging.Logger | None = None,
     ) -> None:
         self._backend = backend
         self._routes = routes
         self._traffic = traffic
+        self._jobs = jobs
         self._store = store
         self._clock = clock
         self._tick_seconds = tick_seconds
@@ -84,6 +100,7 @@ class Controller:
         self._backoff: dict[ApiName, RestartBackoff] = {}  # of each API's current target only
         self._compute: dict[ApiName, ComputeVerdict] = {}  # set while a wanted start does not fit
         self._log_paths: dict[ApiName, dict[ReplicaId, Path]] = {}  # exited replicas' logs stay readable
+        self._job_logs: dict[JobId, dict[ReplicaId, Path]] = {}  # each job's workers' logs
         self._published: Mapping[ApiName, ApiRoute] = {}
         self._reported: dict[ApiName, StatusReport] = {}
         # Each API's requested replicas, decided by the autoscaler every `autoscale_interval_seconds`
@@ -102,9 +119,14 @@ class Controller:
         self._desired[name] = desired
         self._new_target(name)
         verb, change = ("creating", "") if known is None else ("updating", f"{_short(known.revision)} -> ")
-        replicas = self._autoscalers.deploy(name, desired.spec.autoscaling, now=self._clock.monotonic())
+        replicas = self._follow(desired)
         self._log.info(
-            "%s api %s (revision %s%s): %d replicas", verb, name, change, _short(desired.revision), replicas
+            "%s api %s (revision %s%s): %s",
+            verb,
+            name,
+            change,
+            _short(desired.revision),
+            f"{replicas} replicas" if replicas is not None else "workers start per job",
         )
         return "created" if known is None else "updated"
 
@@ -116,6 +138,11 @@ class Controller:
         for state in (self._backoff, self._compute, self._log_paths, self._reported):
             state.pop(name, None)
         self._autoscalers.remove(name)
+        if self._jobs is not None:
+            self._jobs.forget_async(name)
+            self._guarded(
+                f"stopping the jobs of api {name}", self._jobs.stop_all, name, "the API was deleted"
+            )
         self._log.info("deleting api %s", name)
         # The API is gone from the desired state; should this clean-up fail, the next tick redoes it.
         try:
@@ -149,7 +176,7 @@ class Controller:
             self._desired[api.name] = api
             # The autoscaler's window and count are not persisted: a restarted daemon starts every API
             # at init_replicas again (adopted replicas above that count are stopped), as Cortex did.
-            self._autoscalers.deploy(api.name, api.spec.autoscaling, now=self._clock.monotonic())
+            self._follow(api)
             self._log.info("restored api %s (revision %s)", api.name, _short(api.revision))
         running = {r.replica_id for r in self._backend.observe()}
         for record in self._store.load_replicas():
@@ -171,10 +198,21 @@ class Controller:
         observed, traffic = self._backend.observe(), self._traffic.traffic()
         return [self._view(self._desired[name], observed, traffic) for name in sorted(self._desired)]
 
-    def log_paths(self, name: ApiName) -> list[Path]:
+    def desired_api(self, name: ApiName) -> DesiredApi:
+        """The API as last deployed (its spec, revision and snapshot); NotFoundError if it is not."""
+        return self._require(name)
+
+    def log_paths(self, name: ApiName, job_id: JobId | None = None) -> list[Path]:
+        """The logs of an API's replicas, or of one job's workers."""
         self._require(name)
         self._remember_logs(self._backend.observe())
+        if job_id is not None:
+            return list(self._job_logs.get(job_id, {}).values())
         return list(self._log_paths.get(name, {}).values())
+
+    def workers(self) -> list[ObservedReplica]:
+        """Every batch worker and task process the backend knows of."""
+        return [r for r in self._backend.observe() if r.role is not WorkloadRole.REPLICA]
 
     # ---- the loop ----
 
@@ -208,7 +246,7 @@ class Controller:
         seen = observed  # narrowed to a Sequence for the closure below
         with self._phase("autoscale"):
             self._autoscalers.tick(
-                self._traffic,
+                _WithQueueDemand(self._traffic, self._jobs),
                 now=self._clock.monotonic(),
                 wall=self._clock.wall(),
                 hold_reason=lambda name: self._hold_reason(name, seen),
@@ -221,6 +259,9 @@ class Controller:
             self._apply_stops(stops, observed)
             for name, count in launches.items():
                 self._guarded(f"starting replicas of api {name}", self._start, self._desired[name], count)
+        if self._jobs is not None:
+            with self._phase("jobs"):
+                self._schedule_jobs(self._jobs, observed)
         with self._phase("publish"):
             self._publish(self._backend.observe())
 
@@ -233,6 +274,8 @@ class Controller:
             if replica.phase is ReplicaPhase.READY and replica.replica_id not in self._seen_ready:
                 self._seen_ready.add(replica.replica_id)
                 self._became_ready(replica)
+            elif replica.phase is ReplicaPhase.EXITED and replica.role is not WorkloadRole.REPLICA:
+                self._guarded(f"accounting for worker {replica.replica_id}", self._worker_exited, replica)
             elif replica.phase is ReplicaPhase.EXITED:
                 self._guarded(f"accounting for replica {replica.replica_id}", self._exited, replica)
 
@@ -250,6 +293,8 @@ class Controller:
         was_ready = replica.ready_at is not None or rid in self._seen_ready
         self._stopping.discard(rid)
         self._seen_ready.discard(rid)
+        if self._jobs is not None and self._kind(name) is ApiKind.ASYNC:
+            self._jobs.release_async_leases(replica)
         if asked:
             self._log.info("replica %s of api %s stopped (exit code %s)", rid, name, replica.exit_code)
         else:
@@ -275,8 +320,16 @@ class Controller:
     def _plan(self, observed: Sequence[ObservedReplica]) -> tuple[list[_Stop], dict[ApiName, int]]:
         stops: list[_Stop] = []
         launches: dict[ApiName, int] = {}
-        live = [r for r in observed if r.phase in LIVE_PHASES and r.replica_id not in self._stopping]
+        live = [
+            r
+            for r in observed
+            if r.phase in LIVE_PHASES
+            and r.replica_id not in self._stopping
+            and r.role is WorkloadRole.REPLICA
+        ]
         for name, desired in self._desired.items():
+            if desired.spec.kind not in REPLICA_KINDS:
+                continue
             try:
                 own = [r for r in live if r.api_name == name]
                 replicas = self._autoscalers.requested(name)
@@ -366,7 +419,7 @@ class Controller:
     def _publish(self, observed: Sequence[ObservedReplica]) -> None:
         routes: dict[ApiName, ApiRoute] = {}
         for name, desired in sorted(self._desired.items()):
-            own = [r for r in observed if r.api_name == name]
+            own = [r for r in observed if r.api_name == name and r.role is WorkloadRole.REPLICA]
             _, report = self._assess(desired, own)
             self._report(name, report)
             routes[name] = build_route(desired, own, report=report, stopping=self._stopping)
@@ -374,12 +427,83 @@ class Controller:
             self._routes.publish(routes)
             self._published = routes  # never mutated afterwards: the gateway may keep the mapping
 
+    def _worker_exited(self, worker: ObservedReplica) -> None:
+        rid = worker.replica_id
+        self._backend.forget(rid)
+        asked = rid in self._stopping
+        self._stopping.discard(rid)
+        if worker.exit_code == 0 or asked:
+            self._log.info("worker %s of job %s exited (code %s)", rid, worker.job_id, worker.exit_code)
+        else:
+            self._log.warning("worker %s of job %s exited with code %s", rid, worker.job_id, worker.exit_code)
+        if self._jobs is not None:
+            self._jobs.worker_exited(worker, asked=asked)
+        self._store.forget_replica(rid)
+
+    def _schedule_jobs(self, jobs: JobScheduler, observed: Sequence[ObservedReplica]) -> None:
+        workers = [r for r in observed if r.role is not WorkloadRole.REPLICA]
+        plan = jobs.reconcile(workers=workers, stopping=frozenset(self._stopping), desired=self._desired)
+        self._apply_stops([_Stop(stop.replica, stop.reason) for stop in plan.stops], observed)
+        for launch in plan.launches:
+            self._guarded(f"starting workers of job {launch.job.job_id}", self._start_workers, jobs, launch)
+
+    def _start_workers(self, jobs: JobScheduler, launch: WorkerLaunch) -> None:
+        job = launch.job
+        desired = self._desired.get(job.api_name)
+        if desired is None:
+            return
+        launched: list[ReplicaId] = []
+        try:
+            for _ in range(launch.count):
+                verdict = self._backend.check_compute(desired.spec)
+                if not verdict.fits:
+                    jobs.note_waiting(job.job_id, f"compute unavailable: {verdict.missing}")
+                    return
+                jobs.note_waiting(job.job_id, None)
+                rid = ReplicaId(f"{job.api_name}-{job.job_id}-{secrets.token_hex(3)}")
+                self._log.info("starting worker %s of job %s (api %s)", rid, job.job_id, job.api_name)
+                self._backend.launch(
+                    ReplicaLaunch(
+                        replica_id=rid,
+                        api_name=desired.name,
+                        revision=desired.revision,
+                        generation=desired.generation,
+                        project_dir=desired.project_dir,
+                        spec_path=desired.spec_path,
+                        spec=desired.spec,
+                        role=launch.role,
+                        job_id=job.job_id,
+                    )
+                )
+                launched.append(rid)
+        finally:
+            self._record(launched)
+
+    def _follow(self, desired: DesiredApi) -> int | None:
+        """Register a deployed or restored API with the autoscaler (replica kinds) and the async queue;
+        returns its replica count, None for kinds without replicas."""
+        if self._jobs is not None:
+            self._jobs.configure_async(desired)
+        if desired.spec.kind not in REPLICA_KINDS:
+            self._autoscalers.remove(desired.name)
+            return None
+        return self._autoscalers.deploy(desired.name, desired.spec.autoscaling, now=self._clock.monotonic())
+
+    def _kind(self, name: ApiName) -> ApiKind | None:
+        desired = self._desired.get(name)
+        return None if desired is None else desired.spec.kind
+
     # ---- helpers ----
 
     def _assess(
         self, desired: DesiredApi, own: Sequence[ObservedReplica]
     ) -> tuple[ReplicaCounts, StatusReport]:
         name = desired.name
+        if desired.spec.kind not in REPLICA_KINDS:
+            # A batch or task API has no replicas: it takes submissions whenever it is deployed.
+            return ReplicaCounts(requested=0, up_to_date=0, stale=0, current_live=0), StatusReport(
+                ApiStatus.LIVE
+            )
         counts = count_replicas(
             (r for r in own if r.replica_id not in self._stopping),
             target=Target.of(desired),
@@ -430,7 +554,7 @@ class Controller:
         self, desired: DesiredApi, observed: Sequence[ObservedReplica], traffic: Mapping[ApiName, ApiTraffic]
     ) -> ApiView:
         name = desired.name
-        own = [r for r in observed if r.api_name == name]
+        own = [r for r in observed if r.api_name == name and r.role is WorkloadRole.REPLICA]
         counts, report = self._assess(desired, own)
         return build_api_view(
             desired,
@@ -445,7 +569,11 @@ class Controller:
 
     def _remember_logs(self, observed: Sequence[ObservedReplica]) -> None:
         for replica in observed:
-            if replica.log_path is not None and replica.api_name in self._desired:
+            if replica.log_path is None or replica.api_name not in self._desired:
+                continue
+            if replica.job_id is not None:
+                self._job_logs.setdefault(replica.job_id, {})[replica.replica_id] = replica.log_path
+            else:
                 self._log_paths.setdefault(replica.api_name, {})[replica.replica_id] = replica.log_path
 
     def _new_target(self, name: ApiName) -> None:
@@ -488,3 +616,25 @@ def _stop_reason(replica: ObservedReplica, desired: DesiredApi, *, requested: in
 
 def _short(revision: str) -> str:
     return revision[:6]
+
+
+class _WithQueueDemand:
+    """The autoscaler's traffic: the gateway's counters, plus each AsyncAPI's queued and in-progress
+    requests counted as held (they wait for a replica the way held requests do)."""
+
+    def __init__(self, traffic: TrafficSource, jobs: JobScheduler | None) -> None:
+        self._traffic = traffic
+        self._jobs = jobs
+
+    def traffic(self) -> Mapping[ApiName, ApiTraffic]:
+        counters = self._traffic.traffic()
+        if self._jobs is None:
+            return counters
+        demand = self._jobs.async_demand()
+        if not demand:
+            return counters
+        merged = dict(counters)
+        for name, queued in demand.items():
+            base = merged.get(name) or ApiTraffic(api_name=name)
+            merged[name] = replace(base, held=base.held + queued)
+        return merged

@@ -12,7 +12,17 @@ from pathlib import Path
 from typing import Protocol
 
 from modelport.spec.model import ApiSpec
-from modelport.types import Address, ApiName, ApiRoute, ApiTraffic, ReplicaId, ReplicaPhase, Revision
+from modelport.types import (
+    Address,
+    ApiName,
+    ApiRoute,
+    ApiTraffic,
+    JobId,
+    ReplicaId,
+    ReplicaPhase,
+    Revision,
+    WorkloadRole,
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -43,6 +53,8 @@ class ReplicaLaunch:
     project_dir: Path
     spec_path: Path
     spec: ApiSpec  # for compute requests, env, processes/threads
+    role: WorkloadRole = WorkloadRole.REPLICA
+    job_id: JobId | None = None  # the job a batch worker or task process works for
 
 
 @dataclass(frozen=True, slots=True)
@@ -60,6 +72,8 @@ class ObservedReplica:
     ready_at: float | None = None  # wall clock when /readyz first answered 200
     exit_code: int | None = None  # set when phase is EXITED
     log_path: Path | None = None
+    role: WorkloadRole = WorkloadRole.REPLICA
+    job_id: JobId | None = None
 
 
 @dataclass(frozen=True, slots=True)

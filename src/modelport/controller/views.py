@@ -17,6 +17,7 @@ from modelport.controller.scaling import AutoscalingEvent
 from modelport.controller.status import ReplicaCounts, StatusReport
 from modelport.spec.model import ApiSpec
 from modelport.types import (
+    ApiKind,
     ApiName,
     ApiRoute,
     ApiStatus,
@@ -128,7 +129,7 @@ def build_route(
     scaling = desired.spec.autoscaling
     # Only an API that may scale to zero has its requests held while it has no ready replica; any other
     # API without one answers 503 at once, with its status as the reason.
-    hold = scaling.min_replicas == 0
+    hold = scaling.min_replicas == 0 and desired.spec.kind is ApiKind.REALTIME
     return ApiRoute(
         api_name=desired.name,
         endpoint=desired.spec.networking.endpoint,
@@ -140,4 +141,5 @@ def build_route(
         hold_when_empty=hold,
         hold_queue_limit=scaling.activation_queue_limit if hold else 0,
         hold_timeout_seconds=scaling.activation_timeout if hold else 0.0,
+        kind=desired.spec.kind,
     )

@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Callable, Mapping
+from typing import Protocol
 
 from modelport.clock import Clock, SystemClock
 from modelport.gateway.cors import allow_any_origin, preflight
@@ -19,7 +20,7 @@ from modelport.gateway.retry import NO_OTHER_REPLICA, FailedAttempt, Next, after
 from modelport.gateway.routing import WAITING_WONT_HELP, ApiState, RouteTable
 from modelport.gateway.upstream import FailureStage, UpstreamError, UpstreamPool
 from modelport.http.server import HttpServer, Request, Response, error_response, json_response
-from modelport.types import Address, ApiName, ApiRoute, ApiTraffic, ReplicaTarget
+from modelport.types import Address, ApiKind, ApiName, ApiRoute, ApiTraffic, ReplicaTarget
 
 log = logging.getLogger(__name__)
 
@@ -27,6 +28,14 @@ _SYSTEM_CLOCK = SystemClock()
 _RETRY_AFTER = ((b"retry-after", b"1"),)
 _OWN_METHODS = b"GET, HEAD"
 _ENDPOINT_METHODS = b"GET, HEAD, POST, OPTIONS"
+_SUBMISSION_METHODS = b"GET, HEAD, POST, DELETE, OPTIONS"
+
+
+class SubmissionHandler(Protocol):
+    """Where the endpoints of batch, task and async APIs lead: `POST <endpoint>` submits, `GET
+    <endpoint>/<id>` reports, `DELETE <endpoint>/<id>` stops (modelport.cluster implements it)."""
+
+    async def handle_submission(self, route: ApiRoute, request: Request, item: str | None) -> Response: ...
 
 
 class Gateway:
@@ -39,8 +48,14 @@ class Gateway:
     the replica. A request arriving while the route has replicas is never held (at capacity: 503 at once).
     """
 
-    def __init__(self, *, clock: Clock = _SYSTEM_CLOCK, upstream_connect_timeout: float = 2.0) -> None:
+    def __init__(
+        self,
+        *,
+        clock: Clock = _SYSTEM_CLOCK,
+        upstream_connect_timeout: float = 2.0,
+    ) -> None:
         self._clock = clock
+        self._submissions: SubmissionHandler | None = None
         self._draining = False
         self._table = RouteTable()
         self._pool = UpstreamPool(connect_timeout=upstream_connect_timeout)
@@ -56,6 +71,10 @@ class Gateway:
         """Replace the route table; replicas no longer listed get no new requests, in-flight ones finish."""
         self._table.publish(routes)
         self._pool.retain(self._table.addresses())
+
+    def serve_submissions(self, handler: SubmissionHandler) -> None:
+        """Where the endpoints of batch, task and async APIs lead (set once, before start)."""
+        self._submissions = handler
 
     def traffic(self) -> dict[ApiName, ApiTraffic]:
         return {name: state.traffic() for name, state in self._table.items()}
@@ -92,7 +111,13 @@ class Gateway:
                 message = f"{path} only answers GET and HEAD"
                 response = json_response(405, {"error": message}, headers=((b"allow", _OWN_METHODS),))
         elif (state := self._table.lookup(path)) is None:
+            parent, _, item = path.rstrip("/").rpartition("/")
+            state = self._table.lookup(parent) if parent and item else None
+            if state is not None and state.route.kind is not ApiKind.REALTIME:
+                return await self._submission(state, request, item, start)
             response = error_response(404, f"no API is deployed at {path}", apis=self._table.endpoints())
+        elif state.route.kind is not ApiKind.REALTIME:
+            return await self._submission(state, request, None, start)
         elif method == "POST":
             return await self._forward(state, request, start)
         elif method == "GET" or method == "HEAD":
@@ -106,6 +131,17 @@ class Gateway:
             )
             response = json_response(405, {"error": message}, headers=((b"allow", _ENDPOINT_METHODS),))
         return _cross_origin(request, response)
+
+    async def _submission(
+        self, state: ApiState, request: Request, item: str | None, start: float
+    ) -> Response:
+        if request.method == "OPTIONS":
+            return preflight(request, allow=_SUBMISSION_METHODS)
+        if self._submissions is None:
+            response = error_response(503, f"api {state.route.api_name} takes no submissions on this gateway")
+        else:
+            response = await self._submissions.handle_submission(state.route, request, item)
+        return self._counted(state, start, _cross_origin(request, response))
 
     async def _forward(self, state: ApiState, request: Request, start: float) -> Response:
         route = state.route

@@ -144,7 +144,9 @@ class ReplicaApp:
         # Headers wraps the request's list without a copy: HttpServer makes a new one for each request.
         call = PredictCall(
             payload=payload,
-            query_params=_query_params(request.query_string) if predictor.wants("query_params") else None,
+            query_params=parse_query_string(request.query_string)
+            if predictor.wants("query_params")
+            else None,
             headers=Headers(raw=request.headers) if predictor.wants("headers") else None,
         )
         if self._batcher is not None:
@@ -255,7 +257,7 @@ def _request_id(request: Request) -> str:
     return uuid.uuid4().hex
 
 
-def _query_params(query_string: bytes) -> QueryParams:
+def parse_query_string(query_string: bytes) -> QueryParams:
     """The query as a multi-dict, percent-escapes and raw bytes alike read as UTF-8.
 
     Starlette's `QueryParams(bytes)` reads raw bytes as latin-1, which garbles a value a client sent

@@ -1,7 +1,8 @@
-"""How a replica process is invoked: its options, the flags that carry them and the exit codes it returns.
+"""How the runtime's processes are invoked: their options, the flags that carry them and their exit codes.
 
-`server.main` parses argv with `parse_args`; the CLI's hidden `modelport replica` command may reuse it, and
-the backends read the exit codes to tell a broken predictor from a crash.
+`server.main` parses a replica's argv with `parse_args`, `worker.main` a job worker's with
+`parse_worker_args` (the CLI's hidden `modelport replica` and `modelport worker` commands); the backends
+read the exit codes to tell a broken predictor from a crash.
 """
 
 from __future__ import annotations
@@ -9,6 +10,8 @@ from __future__ import annotations
 import argparse
 from dataclasses import dataclass
 from pathlib import Path
+
+from modelport.runtime.queue_client import DEFAULT_RETRY_BUDGET_SECONDS, parse_control_url
 
 EXIT_OK = 0
 EXIT_CRASHED = 1  # a process of the replica died unexpectedly (or its parent did)
@@ -27,10 +30,26 @@ class ReplicaOptions:
     port: int
     replica_id: str
     grace_seconds: float  # how long in-flight requests may take to finish after SIGTERM
+    # The control API to consume an AsyncAPI's queue from (docs/jobs.md); None: serve HTTP only.
+    control_url: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class WorkerOptions:
+    """A batch job's worker or a task run (`modelport worker`)."""
+
+    project_dir: Path
+    spec_path: Path  # JSON of a resolved ApiSpec (a BatchAPI or a TaskAPI)
+    job_id: str
+    worker_id: str
+    control_url: str
+    grace_seconds: float = 30.0  # how long the running batch may take to finish after SIGTERM
+    retry_budget_seconds: float = DEFAULT_RETRY_BUDGET_SECONDS  # the control API may be away this long
 
 
 def parse_args(argv: list[str]) -> ReplicaOptions:
-    """Parse `--project-dir D --spec F --host H --port P --replica-id ID --grace S`; exits 2 if bad."""
+    """Parse `--project-dir D --spec F --host H --port P --replica-id ID --grace S [--control-url URL]`;
+    exits 2 if bad."""
     parser = argparse.ArgumentParser(prog="modelport replica", description="Serve one replica of an API.")
     parser.add_argument("--project-dir", required=True, type=Path, help="the project root")
     parser.add_argument("--spec", required=True, type=Path, help="the resolved ApiSpec as JSON")
@@ -38,6 +57,12 @@ def parse_args(argv: list[str]) -> ReplicaOptions:
     parser.add_argument("--port", required=True, type=_port)
     parser.add_argument("--replica-id", required=True)
     parser.add_argument("--grace", type=_seconds, default=30.0, help="drain timeout after SIGTERM (s)")
+    parser.add_argument(
+        "--control-url",
+        type=_control_url,
+        default=None,
+        help="consume the AsyncAPI queue from this control API",
+    )
     args = parser.parse_args(argv)
     return ReplicaOptions(
         project_dir=args.project_dir.absolute(),
@@ -46,6 +71,39 @@ def parse_args(argv: list[str]) -> ReplicaOptions:
         port=args.port,
         replica_id=args.replica_id,
         grace_seconds=args.grace,
+        control_url=args.control_url,
+    )
+
+
+def parse_worker_args(argv: list[str]) -> WorkerOptions:
+    """Parse `--project-dir D --spec F --job-id ID --worker-id WID --control-url URL [--grace S]
+    [--retry-budget S]`; exits 2 if bad."""
+    parser = argparse.ArgumentParser(
+        prog="modelport worker", description="Run the batches of one job, or one task, of an API."
+    )
+    parser.add_argument("--project-dir", required=True, type=Path, help="the project root")
+    parser.add_argument("--spec", required=True, type=Path, help="the resolved ApiSpec as JSON")
+    parser.add_argument("--job-id", required=True)
+    parser.add_argument("--worker-id", required=True)
+    parser.add_argument("--control-url", required=True, type=_control_url, help="e.g. http://127.0.0.1:8889")
+    parser.add_argument(
+        "--grace", type=_seconds, default=30.0, help="how long the running batch may finish after SIGTERM (s)"
+    )
+    parser.add_argument(
+        "--retry-budget",
+        type=_seconds,
+        default=DEFAULT_RETRY_BUDGET_SECONDS,
+        help="how long the control API may be unreachable before the worker exits 1 (s)",
+    )
+    args = parser.parse_args(argv)
+    return WorkerOptions(
+        project_dir=args.project_dir.absolute(),
+        spec_path=args.spec.absolute(),
+        job_id=args.job_id,
+        worker_id=args.worker_id,
+        control_url=args.control_url,
+        grace_seconds=args.grace,
+        retry_budget_seconds=args.retry_budget,
     )
 
 
@@ -61,3 +119,10 @@ def _seconds(raw: str) -> float:
     if not seconds >= 0:  # also rejects nan
         raise argparse.ArgumentTypeError(f"expected a number of seconds >= 0, got {raw}")
     return seconds
+
+
+def _control_url(raw: str) -> str:
+    try:
+        return parse_control_url(raw)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None

@@ -3,19 +3,17 @@
 Called by the CLI's hidden `modelport replica` command (`run_replica`, or `main` with its flags), which the
 backends start once per replica. Phases, in order: listen on the port first (so `/healthz` answers while a
 slow model loads) -> prepare the interpreter (env, sys.path, cwd) -> fork the other processes -> per process:
-construct the predictor on a predictor thread -> serve -> on SIGTERM/SIGINT drain -> exit.
+construct the predictor on a predictor thread -> serve (an AsyncAPI replica given `--control-url` also
+consumes its queue: `runtime.async_consumer`) -> on SIGTERM/SIGINT drain -> exit.
 """
 
 from __future__ import annotations
 
 import asyncio
-import io
 import logging
 import os
 import signal
 import socket
-import sys
-import threading
 import time
 from dataclasses import dataclass
 from functools import partial
@@ -26,7 +24,9 @@ from pydantic import ValidationError
 
 from modelport.http.server import HttpServer
 from modelport.runtime.app import ReplicaApp
+from modelport.runtime.async_consumer import AsyncConsumer, start_async_consumer
 from modelport.runtime.family import Children, Lifeline, exit_now, fork_children
+from modelport.runtime.interpreter import configure_logging, prepare_interpreter, threads_would_block_exit
 from modelport.runtime.metrics import BatchSizeHistogram
 from modelport.runtime.options import (
     EXIT_CANNOT_LISTEN,
@@ -40,7 +40,7 @@ from modelport.runtime.options import (
 from modelport.runtime.pool import PredictorPool
 from modelport.runtime.predictor import Predictor, PredictorLoadError, load_predictor
 from modelport.runtime.readiness import Readiness
-from modelport.spec.model import ApiSpec, PredictorSpec
+from modelport.spec.model import ApiSpec
 
 log = logging.getLogger("modelport.runtime")
 
@@ -60,7 +60,7 @@ def run_replica(options: ReplicaOptions) -> int:
     interrupted by SIGTERM, a non-daemon thread the user started), the process exits here instead of
     returning: such a thread cannot be interrupted, and the interpreter would wait for it forever.
     """
-    _configure_logging(options.replica_id)
+    configure_logging(f"replica {options.replica_id}")
     context = _startup(options)
     if isinstance(context, int):
         return context
@@ -75,7 +75,7 @@ def run_replica(options: ReplicaOptions) -> int:
             log.error("cannot start the replica's processes: %s", exc)
             return EXIT_CRASHED
     code = uvloop.run(_serve(context, index=0, children=children, lifeline=None))
-    if _threads_would_block_exit():
+    if threads_would_block_exit():
         log.warning("predictor threads are still running; exiting without waiting for them")
         exit_now(code)
     return code
@@ -109,7 +109,7 @@ def _startup(options: ReplicaOptions) -> _Context | int:
     )
     project_dir = options.project_dir.absolute()
     try:
-        _prepare_interpreter(project_dir, predictor)
+        prepare_interpreter(project_dir, predictor)
     except OSError as exc:
         log.error("cannot enter the project directory %s: %s", project_dir, exc)
         return EXIT_PREDICTOR_FAILED
@@ -198,9 +198,17 @@ async def _serve(
     loading = asyncio.ensure_future(pool.run(load))
     started = time.monotonic()
     predictor = await _loaded(loading, shutdown)
+    consumer: AsyncConsumer | None = None
     if predictor is not None:
         app.serve(predictor)
         context.readiness.mark_ready()
+        consumer = start_async_consumer(
+            context.spec,
+            control_url=context.options.control_url,
+            worker_id=context.options.replica_id,
+            pool=pool,
+            predictor=predictor,
+        )
         processes = predictor_spec.processes_per_replica
         which = f" (process {index + 1} of {processes})" if processes > 1 else ""
         log.info("predictor ready in %.2f s%s", time.monotonic() - started, which)
@@ -210,11 +218,15 @@ async def _serve(
     grace = context.options.grace_seconds
     log.info("stopping (%s): draining for up to %.1f s", shutdown.reason, grace)
     context.readiness.start_draining()
+    if consumer is not None:
+        consumer.stop()
     deadline = loop.time() + grace
     if children is not None:
         children.terminate()
     if not await server.drain(grace):
         log.warning("requests still in flight after %.1f s; closing their connections", grace)
+    if consumer is not None and not await consumer.wait(deadline - loop.time()):
+        log.warning("async requests still running after %.1f s; they will be leased again elsewhere", grace)
     # While the predictor is still loading there is nothing to wait for: its __init__ cannot be stopped.
     if predictor is not None and not await pool.wait_idle(max(0.0, deadline - loop.time())):
         log.warning("predictor threads still busy after %.1f s", grace)
@@ -264,33 +276,5 @@ def _listen(host: str, port: int) -> socket.socket:
     return sock
 
 
-def _prepare_interpreter(project_dir: Path, predictor: PredictorSpec) -> None:
-    """Before any user code: the spec's env, the import path, and the project as working directory."""
-    os.environ.update(predictor.env)
-    paths = [str(project_dir)]
-    if predictor.python_path is not None:
-        paths.insert(0, str(project_dir / predictor.python_path))
-    sys.path[:0] = paths
-    os.chdir(project_dir)
-
-
-def _configure_logging(replica_id: str) -> None:
-    # Logs (stderr) and the user's print()s (stdout) usually go to a file: flush each line as it is written.
-    for stream in (sys.stdout, sys.stderr):
-        if isinstance(stream, io.TextIOWrapper):
-            stream.reconfigure(line_buffering=True)
-    handler = logging.StreamHandler(sys.stderr)
-    label = replica_id.replace("%", "%%")
-    handler.setFormatter(logging.Formatter(f"%(asctime)s %(levelname)s [replica {label}] %(message)s"))
-    root = logging.getLogger()  # the user's own logging shows up in the same format
-    root.handlers[:] = [handler]
-    root.setLevel(logging.INFO)
-
-
 def _log_handler_error(exc: BaseException) -> None:
     log.error("unhandled error while serving a request", exc_info=exc)
-
-
-def _threads_would_block_exit() -> bool:
-    main = threading.main_thread()
-    return any(t is not main and not t.daemon and t.is_alive() for t in threading.enumerate())

@@ -392,6 +392,9 @@ class JobScheduler:
                 "worker %s exited holding %d leases: back in the queue", worker.replica_id, released
             )
         progress = self._progress.setdefault(worker.job_id, _JobProgress())
+        # A batch it settled before dying ends the run of failures before this exit is counted (its ack
+        # may have come after the last reconcile): the count and the restart delay start again at 1.
+        self._note_settled(worker.job_id, progress, now=now)
         if worker.exit_code == 0:
             progress.exited_ok += 1
         elif not asked:
@@ -464,12 +467,8 @@ class JobScheduler:
             return self._finish(job, JobStatus.STOPPED, "the API was deleted")
         if job.timeout_seconds is not None and now - job.created_at >= job.timeout_seconds:
             return self._finish(job, JobStatus.TIMED_OUT, f"timed out after {job.timeout_seconds:g} s")
-        depth = self._store.depth(job.job_id, now=now)
         progress = self._progress.setdefault(job.job_id, _JobProgress())
-        settled = depth.succeeded + depth.dead
-        if settled != progress.settled:
-            progress.settled = settled
-            progress.failures = 0  # a batch settled: the workers do work
+        depth = self._note_settled(job.job_id, progress, now=now)
         if depth.unsettled == 0:
             return self._complete(job, depth, now=now)
         if progress.failures >= MAX_WORKER_FAILURES:
@@ -482,6 +481,14 @@ class JobScheduler:
                 f"batch: see `modelport logs {job.api_name} {job.job_id}`",
             )
         return None
+
+    def _note_settled(self, job_id: JobId, progress: _JobProgress, *, now: float) -> QueueDepth:
+        depth = self._store.depth(job_id, now=now)
+        settled = depth.succeeded + depth.dead
+        if settled != progress.settled:
+            progress.settled = settled
+            progress.failures = 0  # a batch settled: the workers do work
+        return depth
 
     def _complete(self, job: JobRecord, depth: QueueDepth, *, now: float) -> JobRecord | None:
         dead = self._store.dead_letters(job.job_id)

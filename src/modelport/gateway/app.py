@@ -29,6 +29,8 @@ _RETRY_AFTER = ((b"retry-after", b"1"),)
 _OWN_METHODS = b"GET, HEAD"
 _ENDPOINT_METHODS = b"GET, HEAD, POST, OPTIONS"
 _SUBMISSION_METHODS = b"GET, HEAD, POST, DELETE, OPTIONS"
+# A browser sends DELETE <endpoint>/<id> (stop a job) only when the preflight lists it.
+_SUBMISSION_CORS_METHODS = b"POST, GET, DELETE, OPTIONS"
 
 
 class SubmissionHandler(Protocol):
@@ -136,7 +138,7 @@ class Gateway:
         self, state: ApiState, request: Request, item: str | None, start: float
     ) -> Response:
         if request.method == "OPTIONS":
-            return preflight(request, allow=_SUBMISSION_METHODS)
+            return preflight(request, allow=_SUBMISSION_METHODS, methods=_SUBMISSION_CORS_METHODS)
         if self._submissions is None:
             response = error_response(503, f"api {state.route.api_name} takes no submissions on this gateway")
         else:

@@ -14,15 +14,15 @@ _ALLOW_ORIGIN_LINE = b"access-control-allow-origin: *\r\n"
 _ALLOW_ORIGIN_NAME = b"\naccess-control-allow-origin:"
 
 
-def preflight(request: Request, *, allow: bytes) -> Response:
-    """204 to a CORS preflight (or any OPTIONS): what a browser may send, for 10 minutes."""
+def preflight(request: Request, *, allow: bytes, methods: bytes = ALLOWED_METHODS) -> Response:
+    """204 to a CORS preflight (or any OPTIONS): what a browser may send (`methods`), for 10 minutes."""
     requested = request.header(b"access-control-request-headers")
     return Response(
         status=204,
         content_type=None,
         headers=(
             _ALLOW_ORIGIN,
-            (b"access-control-allow-methods", ALLOWED_METHODS),
+            (b"access-control-allow-methods", methods),
             (b"access-control-allow-headers", requested or b"*"),
             (b"access-control-max-age", b"600"),
             (b"allow", allow),

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import re
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -26,6 +27,8 @@ from modelport.spec.job import parse_batch_job, parse_task_job, plan_batches
 from modelport.types import ApiKind, ApiName, ApiRoute, AsyncStatus, JobId
 
 RouteHandler = Callable[[Request, dict[str, str]], Awaitable[Response]]
+
+MAX_LONG_POLL_SECONDS = 20.0
 
 LEASE_TOKEN_HEADER = b"x-modelport-lease-token"
 REQUEST_ID_HEADER = b"x-modelport-request-id"
@@ -46,6 +49,8 @@ class JobsApi:
         self._controller = controller
         self._jobs = scheduler
         self._gateway_url = gateway_url
+        # Long-polling async consumers wait on their API's event; a submission sets it (and replaces it).
+        self._submitted: dict[ApiName, asyncio.Event] = {}
 
     # ---- the gateway's SubmissionHandler ----
 
@@ -124,6 +129,7 @@ class JobsApi:
             query=request.query_string.decode("latin-1"),
             headers=headers,
         )
+        self._submitted.pop(name, asyncio.Event()).set()  # wake the consumers waiting for work
         return json_response(200, {"id": submission.request_id})
 
     def _async_summary(self, name: ApiName) -> dict[str, Any]:
@@ -189,11 +195,26 @@ class JobsApi:
         return json_response(200, {"outcome": str(outcome)})
 
     async def _async_lease(self, request: Request, params: dict[str, str]) -> Response:
+        """Answers at once with a lease; with none, waits up to `wait_seconds` (long poll, at most
+        MAX_LONG_POLL_SECONDS) for a submission before answering 204."""
         name = ApiName(params["name"])
-        lease = self._jobs.async_lease(name, worker=_field(request, "worker_id"))
-        if lease is None:
-            return Response(status=204, body=b"", content_type=None)
-        return _async_lease_response(lease, visibility=self._jobs.visibility_seconds)
+        body = _json(request)
+        worker = _text(body, "worker_id")
+        wait = body.get("wait_seconds", 0)
+        if not isinstance(wait, int | float) or isinstance(wait, bool) or wait < 0:
+            raise UserInputError("'wait_seconds' must be a number >= 0")
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + min(float(wait), MAX_LONG_POLL_SECONDS)
+        while True:
+            lease = self._jobs.async_lease(name, worker=worker)
+            if lease is not None:
+                return _async_lease_response(lease, visibility=self._jobs.visibility_seconds)
+            remaining = deadline - loop.time()
+            if remaining <= 0:
+                return Response(status=204, body=b"", content_type=None)
+            submitted = self._submitted.setdefault(name, asyncio.Event())
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(submitted.wait(), remaining)
 
     async def _async_extend(self, request: Request, params: dict[str, str]) -> Response:
         return _settled(self._jobs.async_extend(ApiName(params["name"]), _field(request, "token")))

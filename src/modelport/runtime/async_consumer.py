@@ -46,8 +46,12 @@ log = logging.getLogger("modelport.runtime")
 
 T = TypeVar("T")
 
-FIRST_POLL_SECONDS = 0.05  # an empty queue is polled again after this, doubling up to MAX_POLL_SECONDS
-MAX_POLL_SECONDS = 1.0
+# A lease waits on the control API up to LONG_POLL_SECONDS for a submission (it answers at once when one
+# arrives), so an idle consumer asks about once per long poll; a short pause between polls keeps a control
+# API that answers at once from being asked in a busy loop. A drain waits at most one long poll.
+LONG_POLL_SECONDS = 2.0
+FIRST_POLL_SECONDS = 0.05
+MAX_POLL_SECONDS = FIRST_POLL_SECONDS
 ERROR_PAUSE_SECONDS = 5.0  # after the control API refused a lease or stayed unreachable past the budget
 
 
@@ -152,7 +156,12 @@ class AsyncConsumer:
         poll = FIRST_POLL_SECONDS
         while not self._stopping.is_set():
             try:
-                lease = await self._call(self._client.lease_async, self._api_name, worker_id=self._worker_id)
+                lease = await self._call(
+                    self._client.lease_async,
+                    self._api_name,
+                    worker_id=self._worker_id,
+                    wait_seconds=LONG_POLL_SECONDS,
+                )
             except (ControlApiError, ControlUnreachableError) as exc:
                 log.error("cannot lease from the async queue of %s: %s", self._api_name, exc)
                 await self._pause(ERROR_PAUSE_SECONDS)

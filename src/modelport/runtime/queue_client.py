@@ -229,11 +229,15 @@ class QueueClient:
 
     # ---- AsyncAPI ----
 
-    def lease_async(self, api_name: str, *, worker_id: str) -> AsyncLease | None:
-        """The oldest queued request of the API, or None when its queue is empty (204)."""
+    def lease_async(self, api_name: str, *, worker_id: str, wait_seconds: float = 0.0) -> AsyncLease | None:
+        """The oldest queued request of the API, or None when its queue stayed empty (204) for
+        `wait_seconds` (a long poll: the control API answers as soon as a request is submitted)."""
         what = f"a lease of API {api_name}'s async queue"
         reply = self._call(
-            "POST", f"/v1/async/{_segment(api_name)}/lease", json={"worker_id": worker_id}, what=what
+            "POST",
+            f"/v1/async/{_segment(api_name)}/lease",
+            json={"worker_id": worker_id, "wait_seconds": wait_seconds},
+            what=what,
         )
         if reply.status == 204:
             return None

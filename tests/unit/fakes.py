@@ -81,6 +81,8 @@ class FakeBackend:
             pid=1000 + len(self.launches),
             started_at=self.clock.wall() + len(self.launches) * 1e-3,  # distinct, ordered start times
             log_path=self.logs_dir / launch.api_name / f"{launch.replica_id}.log",
+            role=launch.role,
+            job_id=launch.job_id,
         )
 
     def terminate(self, replica_id: ReplicaId, *, grace_seconds: float) -> None:

@@ -500,6 +500,24 @@ def test_a_task_that_raises_fails_with_the_errors_first_line(jobs: Jobs) -> None
     assert [stop.replica.replica_id for stop in plan.stops] == ["t1"]
 
 
+@pytest.mark.parametrize(
+    ("code", "cause"), [(-9, "its process exited with code -9"), (3, "the Task class failed to load")]
+)
+def test_a_task_whose_process_dies_fails_at_once_and_is_not_started_again(
+    jobs: Jobs, code: int, cause: str
+) -> None:
+    job = jobs.submit_task()
+    jobs.lease(job, "t1")
+
+    jobs.exited(job, "t1", code=code)
+    plan = jobs.reconcile()
+
+    ended = jobs.status(job)
+    assert ended.status is JobStatus.FAILED and ended.reason is not None and ended.reason.startswith(cause)
+    assert plan.launches == ()
+    assert [item.item_id for item in jobs.store.dead_letters(job.job_id)] == ["task"]
+
+
 # ---- worker counts -------------------------------------------------------------------------------------
 
 

@@ -7,7 +7,6 @@ from __future__ import annotations
 import asyncio
 import json
 from collections.abc import Iterator
-from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -42,13 +41,6 @@ AUTOSCALE_SECONDS = 1.0
 
 
 class JobBackend(FakeBackend):
-    """FakeBackend whose observed processes keep the role and job of their launch, as a real backend's do."""
-
-    def launch(self, launch: ReplicaLaunch) -> None:
-        super().launch(launch)
-        started = self.replicas[launch.replica_id]
-        self.replicas[launch.replica_id] = replace(started, role=launch.role, job_id=launch.job_id)
-
     def of_role(self, role: WorkloadRole) -> list[ReplicaLaunch]:
         return [launch for launch in self.launches if launch.role is role]
 

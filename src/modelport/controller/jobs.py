@@ -403,6 +403,18 @@ class JobScheduler:
             progress.last_exit_code = worker.exit_code
             delay = min(2.0 ** (progress.failures - 1), MAX_RESTART_DELAY_SECONDS)
             progress.next_launch_at = self._clock.monotonic() + delay
+            if worker.role is WorkloadRole.TASK:
+                self._task_process_failed(worker)
+
+    def _task_process_failed(self, worker: ObservedReplica) -> None:
+        """A task runs once: its process dying (killed, out of memory, its class failing to load) fails the
+        task at once rather than starting it again."""
+        job = self._store.get_job(JobId(worker.job_id or ""))
+        if job is None or job.status.is_terminal:
+            return
+        code = worker.exit_code
+        cause = "the Task class failed to load" if code == 3 else f"its process exited with code {code}"
+        self._finish(job, JobStatus.FAILED, f"{cause}: see `modelport logs {job.api_name} {job.job_id}`")
 
     def release_async_leases(self, replica: ObservedReplica) -> None:
         """An AsyncAPI replica exited: the requests it was working on are leasable again at once."""

@@ -223,3 +223,36 @@ def test_delete_stops_every_process(cluster: Cluster, tmp_path: Path) -> None:
     missing = cluster.cli("get", "sleep-doomed")
     assert missing.returncode == 1
     assert "sleep-doomed" in missing.stderr
+
+
+def test_describe_shows_the_server_side_batch_sizes(cluster: Cluster, tmp_path: Path) -> None:
+    project = tmp_path / "batched"
+    project.mkdir()
+    (project / "modelport.yaml").write_text(
+        "- name: batched\n  kind: RealtimeAPI\n  predictor:\n    type: python\n    path: predictor.py\n"
+        "    server_side_batching: {max_batch_size: 8, batch_interval: 20ms}\n"
+    )
+    (project / "predictor.py").write_text(
+        "import time\n\n"
+        "class PythonPredictor:\n"
+        "    def __init__(self, config):\n        pass\n\n"
+        "    def predict(self, payload):\n"
+        "        time.sleep(0.05)\n"
+        "        return [len(payload)] * len(payload)\n"
+    )
+    assert cluster.cli("deploy", str(project), "--wait").returncode == 0
+    threads = [threading.Thread(target=cluster.predict, args=("batched", {})) for _ in range(12)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+
+    described = cluster.cli_json("describe", "batched")
+
+    batching = described["batching"]
+    assert batching["requests"] == 12 and batching["replicas"] == 1
+    assert batching["batches"] < 12  # requests that waited for the busy predictor went together
+    assert sum(bucket["batches"] for bucket in batching["sizes"]) == batching["batches"]
+    shown = cluster.cli("describe", "batched")
+    assert "server-side batching" in shown.stdout and "per batch on average" in shown.stdout
+    assert cluster.cli("delete", "batched").returncode == 0

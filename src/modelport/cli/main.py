@@ -1,7 +1,8 @@
 """The `modelport` command: parses flags, wires settings to the client and the daemon, prints results.
 
 The only place that parses command-line flags. Exit codes: 0 success, 1 failure, 2 bad input (an invalid
-spec, a bad flag), 130 interrupted.
+spec, a bad flag), 130 interrupted. `--env NAME` picks where deploy/get/describe/logs/delete act: `local`
+(the embedded cluster, the default) here, a Kubernetes environment (cli/envs.py) through cli/kube.py.
 """
 
 from __future__ import annotations
@@ -15,8 +16,10 @@ from typing import Any, TypeVar
 
 import click
 
-from modelport.cli import output
+from modelport.cli import kube, output
+from modelport.cli.envs import LOCAL, Environment, find_environment
 from modelport.cli.failures import EXIT_BAD_INPUT, EXIT_FAILURE, fail_cleanly
+from modelport.cli.kube import KubeWiring
 from modelport.client import Client, PredictionError
 from modelport.errors import ClusterNotRunningError, ModelportError, UserInputError
 from modelport.settings import Settings
@@ -34,25 +37,53 @@ OUTPUT_OPTION = click.option(
 )
 
 
+ENV_OPTION = click.option(
+    "-e",
+    "--env",
+    "env_name",
+    default=None,
+    metavar="NAME",
+    help="environment to act on: local (default) or one from `modelport env list`",
+)
+
+
 @dataclasses.dataclass
 class Context:
     settings: Settings
     env: str
+    environment: Environment
+    kube: KubeWiring
+
+    def environment_for(self, name: str | None) -> Environment:
+        """The command's own --env when given, else the root command's."""
+        if name is None or name == self.env:
+            return self.environment
+        return find_environment(self.settings, name)
 
     def client(self) -> Client:
         """A client of the running cluster of this home (ClusterNotRunningError when none answers)."""
+        self._local_only()
         client = Client(self.settings)
         _check_home(self.settings, client.health())
         return client
 
     def running_client(self) -> Client:
         """A client of a running cluster, starting the cluster first when none answers."""
+        self._local_only()
         client = Client(self.settings)
         try:
             _check_home(self.settings, client.health())
         except ClusterNotRunningError:
             _start_cluster(self.settings, quiet=False)
         return client
+
+    def _local_only(self) -> None:
+        if self.environment.is_kubernetes:
+            command = click.get_current_context().command_path
+            raise UserInputError(
+                f"`{command}` works on the local environment only for now; {self.env!r} is a Kubernetes "
+                "environment (deploy, get, describe, logs and delete work there)"
+            )
 
 
 def _check_home(settings: Settings, health: dict[str, Any]) -> None:
@@ -119,9 +150,9 @@ def _with_overrides(
 @click.option(
     "-e",
     "--env",
-    default="local",
+    default=LOCAL,
     show_default=True,
-    help="environment to act on (only 'local', the embedded cluster, exists for now)",
+    help="environment to act on: local (the embedded cluster) or one from `modelport env list`",
 )
 @_cluster_options
 @OUTPUT_OPTION
@@ -136,23 +167,17 @@ def cli(
     **_: Any,
 ) -> None:
     """Deploy Python predictors as autoscaled, monitored web APIs."""
+    # A program embedding the CLI may pass `obj=KubeWiring(...)` to choose how Kubernetes is reached.
+    wiring = ctx.obj if isinstance(ctx.obj, KubeWiring) else KubeWiring()
     try:
         settings = Settings.from_env()
-    except UserInputError as exc:
-        output.error(str(exc))
-        sys.exit(EXIT_BAD_INPUT)
-    if env != "local":
-        output.error(
-            f"environment {env!r} is not configured; the only environment is 'local' "
-            "(the embedded cluster on this machine)"
-        )
-        sys.exit(EXIT_BAD_INPUT)
-    try:
         settings = _with_overrides(settings, home=home, gateway_port=gateway_port, control_port=control_port)
+        environment = find_environment(settings, env)
     except UserInputError as exc:
-        output.error(str(exc))
+        for line in str(exc).splitlines():
+            output.error(line)
         sys.exit(EXIT_BAD_INPUT)
-    ctx.obj = Context(settings=settings, env=env)
+    ctx.obj = Context(settings=settings, env=env, environment=environment, kube=wiring)
 
 
 # cluster -------------------------------------------------------------------------------------------------
@@ -259,12 +284,41 @@ def cluster_run(ctx: Context) -> None:
 @click.argument("path", default=".", type=click.Path(path_type=Path))
 @click.option("--wait", is_flag=True, help="wait until every deployed API is live (or fails)")
 @click.option("--timeout", default=300.0, show_default=True, help="seconds --wait waits at most")
+@click.option(
+    "--image",
+    metavar="REF",
+    default=None,
+    help="Kubernetes environments: run this pushed image of the project instead of building and pushing one",
+)
+@ENV_OPTION
 @OUTPUT_OPTION
 @pass_context
 @fail_cleanly
-def deploy(ctx: Context, path: Path, wait: bool, timeout: float, **_: Any) -> None:
-    """Create or update the APIs of the project at PATH (a folder with modelport.yaml, or the file)."""
+def deploy(
+    ctx: Context, path: Path, wait: bool, timeout: float, image: str | None, env_name: str | None, **_: Any
+) -> None:
+    """Create or update the APIs of the project at PATH (a folder with modelport.yaml, or the file).
+
+    On a Kubernetes environment: build the project's image, push it, and apply the project's objects.
+    """
     from modelport.spec.load import load_project
+
+    environment = ctx.environment_for(env_name)
+    if environment.is_kubernetes:
+        kube.deploy(
+            environment=environment,
+            wiring=ctx.kube,
+            path=path,
+            image=image,
+            wait=wait,
+            timeout=timeout,
+            as_json=_wants_json(),
+        )
+        return
+    if image is not None:
+        raise UserInputError(
+            "--image: only Kubernetes environments run images; the local environment runs the project folder"
+        )
 
     load_project(path)  # bad specs fail here, before any cluster is touched (exit 2)
     client = ctx.running_client()
@@ -327,11 +381,20 @@ def _wait_until_settled(
 @click.argument("job_id", required=False)
 @OUTPUT_OPTION
 @click.option("-w", "--watch", is_flag=True, help="re-print every 2 s until interrupted (or the job ends)")
+@ENV_OPTION
 @pass_context
 @fail_cleanly
-def get(ctx: Context, api: str | None, job_id: str | None, watch: bool, **_: Any) -> None:
+def get(
+    ctx: Context, api: str | None, job_id: str | None, watch: bool, env_name: str | None, **_: Any
+) -> None:
     """Show every API (status, replicas, traffic), one API in detail (a batch or task API: its jobs), or
     one job of it."""
+    environment = ctx.environment_for(env_name)
+    if environment.is_kubernetes:
+        if job_id is not None:
+            raise kube.no_jobs("get", environment)
+        kube.get(environment=environment, wiring=ctx.kube, api=api, watch=watch, as_json=_wants_json())
+        return
     client = ctx.client()
     while True:
         if api is not None and job_id is not None:
@@ -370,15 +433,24 @@ def get(ctx: Context, api: str | None, job_id: str | None, watch: bool, **_: Any
 @cli.command()
 @click.argument("api")
 @OUTPUT_OPTION
+@ENV_OPTION
 @pass_context
 @fail_cleanly
-def describe(ctx: Context, api: str, **_: Any) -> None:
+def describe(ctx: Context, api: str, env_name: str | None, **_: Any) -> None:
     """One row per replica of API (state, revision, in-flight requests, restarts, age), then the recent
     autoscaling events."""
+    environment = ctx.environment_for(env_name)
+    if environment.is_kubernetes:
+        kube.describe(environment=environment, wiring=ctx.kube, api=api, as_json=_wants_json())
+        return
     detail = ctx.client().get_api(api)
     if _wants_json():
         output.print_json(
-            {"replicas": detail["replicas"], "autoscaling_events": detail["autoscaling_events"]}
+            {
+                "replicas": detail["replicas"],
+                "autoscaling_events": detail["autoscaling_events"],
+                "batching": detail.get("batching"),
+            }
         )
         return
     now = time.time()
@@ -386,6 +458,9 @@ def describe(ctx: Context, api: str, **_: Any) -> None:
         output.stdout.print(output.replicas_table(detail["replicas"], now=now))
     else:
         output.stdout.print(f"{api} has no replicas (status {detail['status']})")
+    if detail.get("batching"):
+        output.stdout.print("\nserver-side batching (all ready replicas)", style="bold")
+        output.stdout.print(output.batching_table(detail["batching"]))
     if detail["autoscaling_events"]:
         output.stdout.print("\nrecent autoscaling events", style="bold")
         output.stdout.print(output.events_table(detail["autoscaling_events"], now=now))
@@ -423,11 +498,18 @@ def predict(ctx: Context, api: str, file: Path | None, query: str) -> None:
 @click.argument("api")
 @click.argument("job_id", required=False)
 @click.option("--follow/--no-follow", default=True, show_default=True, help="keep printing new lines")
+@ENV_OPTION
 @pass_context
 @fail_cleanly
-def logs(ctx: Context, api: str, job_id: str | None, follow: bool) -> None:
+def logs(ctx: Context, api: str, job_id: str | None, follow: bool, env_name: str | None) -> None:
     """Print the logs of every replica of API (or of every worker of one job), prefixed with the replica,
     and follow them (a job's until it ends)."""
+    environment = ctx.environment_for(env_name)
+    if environment.is_kubernetes:
+        if job_id is not None:
+            raise kube.no_jobs("logs", environment)
+        kube.logs(environment=environment, wiring=ctx.kube, api=api, follow=follow)
+        return
     client = ctx.client()
     cursor: dict[str, int] | None = None
     while True:
@@ -454,10 +536,17 @@ def refresh(ctx: Context, api: str) -> None:
 @cli.command()
 @click.argument("api")
 @click.argument("job_id", required=False)
+@ENV_OPTION
 @pass_context
 @fail_cleanly
-def delete(ctx: Context, api: str, job_id: str | None) -> None:
+def delete(ctx: Context, api: str, job_id: str | None, env_name: str | None) -> None:
     """Delete API and stop its replicas, or stop one job of it."""
+    environment = ctx.environment_for(env_name)
+    if environment.is_kubernetes:
+        if job_id is not None:
+            raise kube.no_jobs("delete", environment)
+        kube.delete(environment=environment, wiring=ctx.kube, api=api)
+        return
     if job_id is not None:
         ctx.client().stop_job(api, job_id)
         output.stderr.print(f"stopped job {job_id} of {api}")
@@ -549,9 +638,13 @@ def _wants_json() -> bool:
 
 def _register_commands() -> None:
     """Commands that live in their own modules (they import cli.main's helpers, so they join here)."""
+    from modelport.cli.build import build
+    from modelport.cli.envs import env
     from modelport.cli.render import render
 
     cli.add_command(render)
+    cli.add_command(build)
+    cli.add_command(env)
 
 
 _register_commands()

@@ -244,3 +244,21 @@ def show_job(job: dict[str, Any], *, now: float) -> None:
     if completion and completion.get("error"):
         stdout.print(Text(f"\non_job_complete failed: {completion['error']}", style="red"))
     stdout.print(f"\nendpoint: {job['endpoint']}")
+
+
+def batching_table(batching: dict[str, Any]) -> Table:
+    """Server-side batch sizes: how many batches had at most each size, and the average."""
+    avg = batching.get("avg_size")
+    table = _table("batch size", "batches")
+    previous = 0
+    for bucket in batching["sizes"]:
+        if bucket["batches"]:
+            low, high = previous + 1, bucket["le"]
+            table.add_row(str(high) if low == high else f"{low}-{high}", str(bucket["batches"]))
+        previous = bucket["le"]
+    table.add_row(
+        "total",
+        f"{batching['batches']} batches, {batching['requests']} requests"
+        + (f", {avg:.1f} per batch on average" if avg is not None else ""),
+    )
+    return table

@@ -18,6 +18,7 @@ from urllib.parse import unquote
 import orjson
 
 from modelport.cluster import serialize
+from modelport.cluster.batch_metrics import read_batch_sizes
 from modelport.cluster.http_errors import error_to_response
 from modelport.cluster.jobs_api import JobsApi
 from modelport.cluster.requirements import requirements_warning
@@ -28,7 +29,7 @@ from modelport.errors import NotFoundError, UserInputError
 from modelport.http.server import Request, Response, error_response, json_response
 from modelport.settings import Settings
 from modelport.spec.load import load_project
-from modelport.types import ApiName, JobId
+from modelport.types import ApiName, JobId, ReplicaPhase
 from modelport.version import __version__
 
 log = logging.getLogger("modelport.control")
@@ -151,7 +152,11 @@ class ControlApi:
 
     async def _get_api(self, request: Request, params: dict[str, str]) -> Response:
         view = self._controller.api(ApiName(params["name"]))
-        return json_response(200, serialize.api_detail(view, gateway_url=self._gateway_url))
+        detail = serialize.api_detail(view, gateway_url=self._gateway_url)
+        if view.spec.predictor.server_side_batching is not None:
+            ready = [r.address for r in view.replicas if r.phase is ReplicaPhase.READY and r.address]
+            detail["batching"] = await read_batch_sizes(ready)
+        return json_response(200, detail)
 
     async def _delete_api(self, request: Request, params: dict[str, str]) -> Response:
         name = ApiName(params["name"])

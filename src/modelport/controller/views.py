@@ -17,6 +17,7 @@ from modelport.controller.scaling import AutoscalingEvent
 from modelport.controller.status import ReplicaCounts, StatusReport
 from modelport.spec.model import ApiSpec
 from modelport.types import (
+    Address,
     ApiKind,
     ApiName,
     ApiRoute,
@@ -42,6 +43,7 @@ class ReplicaView:
     ready_at: float | None
     pid: int | None
     log_path: Path | None
+    address: Address | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -102,6 +104,7 @@ def build_api_view(
                 ready_at=r.ready_at,
                 pid=r.pid,
                 log_path=r.log_path,
+                address=r.address,
             )
             for r in sorted(replicas, key=lambda r: (r.started_at, r.replica_id))
         ),

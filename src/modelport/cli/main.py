@@ -79,7 +79,7 @@ class Context:
 
     def _local_only(self) -> None:
         if self.environment.is_kubernetes:
-            command = click.get_current_context().command_path
+            command = " ".join(["modelport", *click.get_current_context().command_path.split()[1:]])
             raise UserInputError(
                 f"`{command}` works on the local environment only for now; {self.env!r} is a Kubernetes "
                 "environment (deploy, get, describe, logs and delete work there)"

@@ -245,3 +245,71 @@ def test_error_goes_to_stderr_with_a_prefix(capsys: pytest.CaptureFixture[str]) 
     captured = capsys.readouterr()
     assert captured.out == ""
     assert captured.err == "error: api iris is not deployed\n"
+
+
+def job_json(**overrides: Any) -> dict[str, Any]:
+    """The shape of cluster.jobs_api.job_summary (plus the detail fields of job_json)."""
+    job: dict[str, Any] = {
+        "job_id": "6b08be2e",
+        "api_name": "batch-sum",
+        "kind": "BatchAPI",
+        "status": "running",
+        "reason": None,
+        "waiting": None,
+        "workers": 2,
+        "total_batch_count": 10,
+        "batches_in_queue": 5,
+        "batch_metrics": {"succeeded": 3, "failed": 1, "in_progress": 1, "avg_time_per_batch": 0.0042},
+        "worker_counts": {
+            "pending": 0,
+            "initializing": 0,
+            "running": 2,
+            "succeeded": 0,
+            "failed": 0,
+            "stalled": 0,
+        },
+        "created_time": NOW - 65,
+        "start_time": NOW - 60,
+        "end_time": None,
+        "failed_batches": [{"batch_id": "7", "attempts": 3, "error": "Traceback...\nValueError: bad item"}],
+        "on_job_complete": {"state": "queued", "error": None},
+        "endpoint": "http://localhost:8888/batch-sum/6b08be2e",
+    }
+    job.update(overrides)
+    return job
+
+
+def test_job_progress_counts_settled_batches_and_failures() -> None:
+    assert output.job_progress(job_json(), width=10) == "[####------] 4/10 batches (1 failed)"
+    done = job_json(batch_metrics={"succeeded": 10, "failed": 0, "in_progress": 0, "avg_time_per_batch": 0.1})
+    assert output.job_progress(done, width=4) == "[####] 10/10 batches"
+
+
+def test_jobs_table_shows_the_progress_bar_verbatim_and_the_running_workers() -> None:
+    text = render(output.jobs_table([job_json()], now=NOW))
+    [header, row] = rows(text)
+    assert header == ["job id", "status", "progress", "workers", "avg batch", "started", "duration"]
+    assert row == [
+        "6b08be2e",
+        "running",
+        "[####------] 4/10 batches (1 failed)",
+        "2/2",
+        "4.2ms",
+        "1m ago",
+        "1m",
+    ]
+
+
+def test_show_job_prints_the_bar_counts_and_the_failed_batches_last_error_line() -> None:
+    console = Console(record=True, width=200)
+    original = output.stdout
+    output.stdout = console
+    try:
+        output.show_job(job_json(), now=NOW)
+    finally:
+        output.stdout = original
+    text = console.export_text()
+    assert "job 6b08be2e of batch-sum (BatchAPI): running" in text
+    assert "[####################" not in text and "[########------------] 4/10 batches (1 failed)" in text
+    assert ["7", "3", "ValueError: bad item"] in rows(text)
+    assert "endpoint: http://localhost:8888/batch-sum/6b08be2e" in text

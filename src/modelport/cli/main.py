@@ -604,7 +604,7 @@ def _follow_job(client: Client, api: str, job_id: str) -> dict[str, Any]:
         job = client.get_job(api, job_id)
         line = f"{job['status']:<10} {output.job_progress(job)}"
         if sys.stderr.isatty():
-            output.stderr.print(line, end="\r")
+            output.stderr.print(line, end="\r", markup=False)
         if job["status"] not in ("running", "enqueuing"):
             if sys.stderr.isatty():
                 output.stderr.print()

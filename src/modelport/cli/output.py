@@ -184,7 +184,7 @@ def jobs_table(jobs: Sequence[dict[str, Any]], *, now: float) -> Table:
         table.add_row(
             job["job_id"],
             _job_status(job["status"]),
-            job_progress(job, width=10),
+            Text(job_progress(job, width=10)),
             f"{workers['running']}/{job['workers']}",
             latency(job["batch_metrics"]["avg_time_per_batch"]),
             age(now - start) + " ago" if start else "-",
@@ -202,7 +202,7 @@ def show_job(job: dict[str, Any], *, now: float) -> None:
         stdout.print(Text(job["reason"], style="red" if job["status"] != "stopped" else "blue"))
     if job.get("waiting"):
         stdout.print(Text(f"waiting: {job['waiting']}", style="yellow"))
-    stdout.print(job_progress(job))
+    stdout.print(Text(job_progress(job)))  # Text: the bar's brackets are not rich markup
     metrics, workers = job["batch_metrics"], job["worker_counts"]
     table = _table("batches", "succeeded", "failed", "in progress", "in queue", "avg time per batch")
     table.add_row(

@@ -29,12 +29,14 @@ __all__ = ["build"]
 @click.option(
     "-t",
     "--tag",
+    metavar="REF",
     default=None,
     help="image reference to build, e.g. registry.example.com/team/iris:1 "
     "[default: <first API>:<12 hex chars of the project's content>]",
 )
 @click.option(
     "--base-image",
+    metavar="REF",
     default=DEFAULT_BASE_IMAGE,
     show_default=True,
     help="a Debian- or Ubuntu-based image with Python >= 3.11 and venv; unless --wheelhouse is given, "
@@ -48,6 +50,7 @@ __all__ = ["build"]
 )
 @click.option(
     "--wheelhouse",
+    metavar="DIR",
     type=click.Path(file_okay=False, path_type=Path),
     default=None,
     help="folder of wheels of modelport, its dependencies and the project's requirements, for the base "
@@ -82,9 +85,9 @@ def build(
 ) -> None:
     """Build the container image of the project in PATH (default .).
 
-    The image runs one replica of the project's first API on port 8080 (`docker run -p 8080:8080 IMAGE`);
-    `--spec /etc/modelport/<api>.json` as its command serves another API. Requirements and modelport come
-    from wheels made here (or --wheelhouse), so the build needs no network.
+    The image runs one replica of the project's first realtime API on port 8080 (`docker run -p
+    8080:8080 IMAGE`); `--spec /etc/modelport/<api>.json` as its command serves another API. modelport and
+    the requirements come from wheels made here (or --wheelhouse): the build runs without network.
     """
     chosen = output or ctx.find_root().params.get("output")
     _build(

@@ -126,6 +126,7 @@ class _JobProgress:
     exited_ok: int = 0
     exited_failed: int = 0
     waiting: str | None = None
+    depth: QueueDepth | None = None  # the queue's counts at the last check
 
 
 @dataclass(slots=True)
@@ -449,7 +450,8 @@ class JobScheduler:
                 continue
             active.add(job.job_id)
             progress = self._progress.setdefault(job.job_id, _JobProgress())
-            depth = self._store.depth(job.job_id, now=now)
+            # Counted by _settle this pass: depth is the one store call that grows with the queue.
+            depth = progress.depth or self._store.depth(job.job_id, now=now)
             own = sum(1 for w in live if w.job_id == job.job_id)
             missing = self._wanted(job, depth) - own
             if missing > 0 and mono >= progress.next_launch_at:
@@ -496,6 +498,7 @@ class JobScheduler:
 
     def _note_settled(self, job_id: JobId, progress: _JobProgress, *, now: float) -> QueueDepth:
         depth = self._store.depth(job_id, now=now)
+        progress.depth = depth
         settled = depth.succeeded + depth.dead
         if settled != progress.settled:
             progress.settled = settled

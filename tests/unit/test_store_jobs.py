@@ -16,6 +16,7 @@ import threading
 import time
 from collections import Counter
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
@@ -513,22 +514,23 @@ def test_leases_and_jobs_survive_reopening(db_path: Path) -> None:
 def test_two_stores_racing_lease_every_item_exactly_once(db_path: Path) -> None:
     with SqliteJobStore(db_path) as setup:
         setup.enqueue(Q, batches(500), now=T0, max_receive_count=3)
-    leased: list[list[str]] = [[], []]
-    start = threading.Barrier(2)
+    start = threading.Barrier(2, timeout=30)
 
-    def drain(into: list[str]) -> None:
+    def drain() -> list[str]:
         with SqliteJobStore(db_path) as own:  # its own connection
-            into.append(lease(own, at=T0 + 1).item_id)
+            try:
+                ids = [lease(own, at=T0 + 1).item_id]
+            except BaseException:
+                start.abort()  # the other racer fails at once instead of waiting out the barrier
+                raise
             # Both hold a lease before either drains (a store waiting on the lock may sleep through the
             # whole queue otherwise); then they race for the other 498.
             start.wait()
-            into.extend(lease_all(own, at=T0 + 1))
+            return ids + lease_all(own, at=T0 + 1)
 
-    threads = [threading.Thread(target=drain, args=(ids,)) for ids in leased]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join(timeout=60)
+    with ThreadPoolExecutor(max_workers=2) as pool:
+        racers = [pool.submit(drain) for _ in range(2)]
+        leased = [racer.result(timeout=60) for racer in racers]
     counts = Counter(leased[0] + leased[1])
     assert set(counts) == {f"b{i}" for i in range(500)}
     assert max(counts.values()) == 1

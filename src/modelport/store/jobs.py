@@ -477,8 +477,8 @@ class SqliteJobStore:
 
     def release_worker(self, queue: str, worker: str, *, now: float) -> int:
         """The worker exited: its live leases expire now (the next lease call takes them, or turns those
-        out of attempts into dead letters); their tokens stay, so a late ack from the worker is still
-        stale-checked by state, not lost silently."""
+        out of attempts into dead letters). As with any expired lease, a token stays valid until the item
+        is leased again."""
         with self._transaction() as db:
             cursor = db.execute(
                 """

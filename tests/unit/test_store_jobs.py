@@ -22,6 +22,7 @@ from pathlib import Path
 import pytest
 
 from modelport.controller.jobstore import (
+    COMPLETION_ITEM_ID,
     ItemState,
     JobRecord,
     JobStore,
@@ -31,7 +32,7 @@ from modelport.controller.jobstore import (
     Settlement,
 )
 from modelport.errors import ConflictError, NotFoundError
-from modelport.store.jobs import COMPLETION_ITEM_ID, SqliteJobStore
+from modelport.store.jobs import SqliteJobStore
 from modelport.store.sqlite import SCHEMA_VERSION as STATE_SCHEMA_VERSION
 from modelport.store.sqlite import SqliteStateStore
 from modelport.types import ApiKind, ApiName, JobId, JobStatus, Revision

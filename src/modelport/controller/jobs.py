@@ -18,6 +18,7 @@ import orjson
 
 from modelport.clock import Clock
 from modelport.controller.jobstore import (
+    COMPLETION_ITEM_ID,
     ItemView,
     JobRecord,
     JobStore,
@@ -25,6 +26,8 @@ from modelport.controller.jobstore import (
     QueueDepth,
     QueueItem,
     Settlement,
+    async_queue,
+    completion_queue,
 )
 from modelport.controller.ports import DesiredApi, ObservedReplica
 from modelport.errors import NotFoundError, UserInputError
@@ -38,16 +41,6 @@ WAIT_SECONDS = 0.25  # what a worker with nothing to lease is told to wait
 MAX_WORKER_FAILURES = 3
 MAX_RESTART_DELAY_SECONDS = 30.0
 PURGE_EVERY_SECONDS = 60.0
-ASYNC_QUEUE_PREFIX = "async/"
-COMPLETION_SUFFIX = "/complete"
-
-
-def completion_queue(job_id: JobId) -> str:
-    return f"{job_id}{COMPLETION_SUFFIX}"
-
-
-def async_queue(api_name: ApiName) -> str:
-    return f"{ASYNC_QUEUE_PREFIX}{api_name}"
 
 
 class LeaseKind(StrEnum):
@@ -235,7 +228,9 @@ class JobScheduler:
         progress = self._progress.get(job.job_id, _JobProgress())
         depth = self._store.depth(job.job_id, now=now)
         completion = (
-            self._store.item(completion_queue(job.job_id), "complete") if job.kind is ApiKind.BATCH else None
+            self._store.item(completion_queue(job.job_id), COMPLETION_ITEM_ID)
+            if job.kind is ApiKind.BATCH
+            else None
         )
         own = [w for w in workers if w.job_id == job.job_id and w.phase is not ReplicaPhase.EXITED]
         seen = self._store.workers_seen(job.job_id) | self._store.workers_seen(completion_queue(job.job_id))

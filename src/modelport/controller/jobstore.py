@@ -18,6 +18,21 @@ from typing import Any, Protocol
 
 from modelport.types import ApiKind, ApiName, JobId, JobStatus, Revision
 
+# Queue names, shared by the scheduler that chooses them and the store that gates on them.
+COMPLETION_QUEUE_SUFFIX = "/complete"
+COMPLETION_ITEM_ID = "complete"  # the one item of a job's completion queue
+ASYNC_QUEUE_PREFIX = "async/"
+
+
+def completion_queue(job_id: JobId) -> str:
+    """The queue of the item that runs a batch job's on_job_complete."""
+    return f"{job_id}{COMPLETION_QUEUE_SUFFIX}"
+
+
+def async_queue(api_name: ApiName) -> str:
+    """The queue of an AsyncAPI's requests."""
+    return f"{ASYNC_QUEUE_PREFIX}{api_name}"
+
 
 @dataclass(frozen=True, slots=True)
 class JobRecord:

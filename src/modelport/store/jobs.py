@@ -18,6 +18,8 @@ from types import TracebackType
 from typing import Any
 
 from modelport.controller.jobstore import (
+    COMPLETION_ITEM_ID,
+    COMPLETION_QUEUE_SUFFIX,
     ItemState,
     ItemView,
     JobRecord,
@@ -25,15 +27,11 @@ from modelport.controller.jobstore import (
     QueueDepth,
     QueueItem,
     Settlement,
+    async_queue,
+    completion_queue,
 )
 from modelport.errors import ConflictError, NotFoundError
 from modelport.types import ApiKind, ApiName, JobId, JobStatus, Revision
-
-# The one item of `<job_id>/complete` that `create_job(..., completion=True)` enqueues.
-COMPLETION_ITEM_ID = "complete"
-COMPLETION_QUEUE_SUFFIX = "/complete"
-# An AsyncAPI's queue; `delete_jobs(api)` forgets it with the API's jobs.
-ASYNC_QUEUE_PREFIX = "async/"
 
 # Two stores (or processes) on one file wait this long for each other's write transactions before failing.
 BUSY_TIMEOUT_SECONDS = 10.0
@@ -146,10 +144,6 @@ def migrate(db: sqlite3.Connection) -> None:
         db.execute("ROLLBACK")
         raise
     db.execute("COMMIT")
-
-
-def completion_queue(job_id: JobId) -> str:
-    return f"{job_id}{COMPLETION_QUEUE_SUFFIX}"
 
 
 class SqliteJobStore:
@@ -297,7 +291,7 @@ class SqliteJobStore:
                 job_id for (job_id,) in db.execute("SELECT job_id FROM jobs WHERE api_name = ?", (api_name,))
             ]
             queues = [(queue,) for job_id in job_ids for queue in (job_id, completion_queue(JobId(job_id)))]
-            queues.append((f"{ASYNC_QUEUE_PREFIX}{api_name}",))
+            queues.append((async_queue(api_name),))
             db.executemany("DELETE FROM queue_items WHERE queue = ?", queues)
             db.executemany("DELETE FROM queue_workers WHERE queue = ?", queues)
             db.execute("DELETE FROM jobs WHERE api_name = ?", (api_name,))

@@ -2,10 +2,11 @@
 the cluster's controllers and kubelets would do (make a Deployment's pods, start or crash them, publish
 EndpointSlices, keep logs), each moved by the test.
 
-Used by test_backend_kubernetes.py and test_cli_envs.py: no API server can run in these tests. It is strict
+Used by test_backend_kubernetes.py, test_cli_envs.py and the in-cluster controller's tests (test_leader.py,
+test_kube_loop.py, test_kube_daemon.py): no API server can run in these tests. It is strict
 where the real server is: a manifest without apiVersion, kind or metadata.name, an object in a namespace that
-does not exist, a changed Deployment selector, a changed immutable ConfigMap, a scale of a missing Deployment
-are refused with the status and message the API server gives.
+does not exist, a changed Deployment selector, a changed immutable ConfigMap, a scale of a missing Deployment,
+an update over a stale resourceVersion are refused with the status and message the API server gives.
 """
 
 from __future__ import annotations
@@ -112,6 +113,37 @@ class FakeKubeApi:
         found = self.objects.get((kind, namespace if kind.namespaced else "", name))
         return copy.deepcopy(found) if found is not None else None
 
+    def replace(self, manifest: Object) -> Object:
+        """PUT: the whole object, over the resourceVersion it names (the API server's optimistic concurrency:
+        409 when the stored one moved on; no resourceVersion is an unconditional update, as for Leases)."""
+        self._record("replace", manifest)
+        kind = self._kind_of(manifest)
+        meta = manifest.get("metadata")
+        if not isinstance(meta, dict) or not meta.get("name"):
+            raise KubeApiError(status=422, reason="Invalid", message="metadata.name: Required value")
+        name = str(meta["name"])
+        key = (kind, self._namespace_of(kind, meta), name)
+        previous = self.objects.get(key)
+        plural = f"{kind.value.lower()}s"
+        if previous is None:
+            raise KubeApiError(status=404, reason="NotFound", message=f'{plural} "{name}" not found')
+        version = meta.get("resourceVersion")
+        if version and version != previous["metadata"]["resourceVersion"]:
+            raise KubeApiError(
+                status=409,
+                reason="Conflict",
+                message=f'Operation cannot be fulfilled on {plural} "{name}": the object has been modified; '
+                "please apply your changes to the latest version and try again",
+            )
+        stored = copy.deepcopy(manifest)
+        stored["metadata"] = {
+            **stored["metadata"],
+            **_kept(previous["metadata"]),
+            "resourceVersion": str(next(self._counter)),
+        }
+        self.objects[key] = stored
+        return copy.deepcopy(stored)
+
     def list_objects(self, kind: Kind, *, namespace: str, selector: str) -> list[Object]:
         self._record("list_objects", target=f"{kind} {namespace} {selector}")
         terms = _parse_selector(selector)
@@ -181,6 +213,33 @@ class FakeKubeApi:
         for (kind, namespace, name), service in list(self.objects.items()):
             if kind is Kind.SERVICE and service.get("spec", {}).get("selector"):
                 self._publish_endpoints(namespace, name, service)
+
+    def start_job_pods(self, job: str, *, namespace: str, count: int) -> list[str]:
+        """The Job controller creates `count` pods of the Job's template (Pending); their names."""
+        template = self.stored(Kind.JOB, job, namespace=namespace)["spec"]["template"]
+        names = []
+        for _ in range(count):
+            pod_name = f"{job}-{next(self._counter)}"
+            self.objects[(Kind.POD, namespace, pod_name)] = {
+                "apiVersion": "v1",
+                "kind": "Pod",
+                "metadata": {
+                    **self._server_metadata({"name": pod_name}),
+                    "namespace": namespace,
+                    "labels": {**template["metadata"]["labels"], "job-name": job},
+                    "annotations": dict(template["metadata"].get("annotations") or {}),
+                    "ownerReferences": [{"kind": "Job", "name": job}],
+                },
+                "spec": copy.deepcopy(template["spec"]),
+                "status": {"phase": "Pending", "conditions": [{"type": "PodScheduled", "status": "True"}]},
+            }
+            names.append(pod_name)
+        return names
+
+    def finish_job(self, job: str, *, namespace: str, condition: str) -> None:
+        """The Job controller marks the Job finished: `condition` is "Complete" or "Failed"."""
+        found = self.stored(Kind.JOB, job, namespace=namespace)
+        found["status"] = {"conditions": [{"type": condition, "status": "True"}]}
 
     def start(self, pod: str, *, namespace: str, ready: bool = True) -> None:
         """The kubelet starts the pod's container; `ready` when its readiness probe passes."""
@@ -442,8 +501,10 @@ def _template_hash(pod: Mapping[str, Any]) -> str:
 
 
 def _owner(pod: Mapping[str, Any]) -> str | None:
-    """The Deployment that owns a pod through its ReplicaSet (`<deployment>-<template hash>`)."""
+    """The Deployment that owns a pod through its ReplicaSet (`<deployment>-<template hash>`), or its Job."""
     references = pod["metadata"].get("ownerReferences") or []
+    if references and references[0].get("kind") == "Job":
+        return str(references[0]["name"])
     if not references or references[0].get("kind") != "ReplicaSet":
         return None
     return str(references[0]["name"]).removesuffix(f"-{_template_hash(pod)}")

@@ -10,7 +10,10 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
+from typing import ClassVar
 
 import pytest
 
@@ -566,7 +569,8 @@ def test_a_context_that_may_not_manage_namespaces_still_deploys_into_an_existing
         "context 'prod-eu' may not manage namespaces, so namespace 'mp' was left as it is (it must exist, "
         "with the label pod-security.kubernetes.io/enforce=restricted if you want it enforced)"
     ]
-    assert fake.names(Kind.DEPLOYMENT, namespace=NS) == ["modelport-controller", "modelport-gateway"]
+    assert fake.names(Kind.DEPLOYMENT, namespace=NS) == ["modelport-controller"]
+    assert "modelport-gateway" in fake.names(Kind.SERVICE, namespace=NS)
 
 
 def test_the_fake_api_server_is_as_strict_as_a_real_one(
@@ -673,3 +677,97 @@ def test_without_the_client_installed_the_backend_imports_and_says_what_to_insta
         check=True,
     )
     assert imported.stdout.strip() == "False"  # imported lazily, only when a client is made
+
+
+class _LeaseServer(BaseHTTPRequestHandler):
+    """Just enough of an API server for the official client: discovery of coordination.k8s.io/v1 and PUT of a
+    Lease, 409 unless the body names resourceVersion 7 (what optimistic concurrency asks of the server)."""
+
+    puts: ClassVar[list[tuple[str, Object]]] = []
+    _DISCOVERY: ClassVar[dict[str, Object]] = {
+        "/version": {"major": "1", "minor": "30", "gitVersion": "v1.30.0"},
+        "/apis": {
+            "kind": "APIGroupList",
+            "apiVersion": "v1",
+            "groups": [
+                {
+                    "name": "coordination.k8s.io",
+                    "versions": [{"groupVersion": "coordination.k8s.io/v1", "version": "v1"}],
+                    "preferredVersion": {"groupVersion": "coordination.k8s.io/v1", "version": "v1"},
+                }
+            ],
+        },
+        "/apis/coordination.k8s.io/v1": {
+            "kind": "APIResourceList",
+            "groupVersion": "coordination.k8s.io/v1",
+            "resources": [
+                {
+                    "name": "leases",
+                    "singularName": "lease",
+                    "namespaced": True,
+                    "kind": "Lease",
+                    "verbs": ["get", "update"],
+                }
+            ],
+        },
+    }
+
+    def do_GET(self) -> None:
+        found = self._DISCOVERY.get(self.path)
+        if found is None:
+            self._send(404, {"kind": "Status", "reason": "NotFound", "message": f"{self.path} not found"})
+        else:
+            self._send(200, found)
+
+    def do_PUT(self) -> None:
+        body = json.loads(self.rfile.read(int(self.headers["content-length"])))
+        self.puts.append((self.path, body))
+        if body["metadata"].get("resourceVersion") != "7":
+            message = 'Operation cannot be fulfilled on leases.coordination.k8s.io "modelport-controller"'
+            self._send(409, {"kind": "Status", "status": "Failure", "reason": "Conflict", "message": message})
+            return
+        self._send(200, {**body, "metadata": {**body["metadata"], "resourceVersion": "8"}})
+
+    def _send(self, status: int, body: Object) -> None:
+        data = json.dumps(body).encode()
+        self.send_response(status)
+        self.send_header("content-type", "application/json")
+        self.send_header("content-length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
+
+    def log_message(self, format: str, *args: object) -> None:
+        pass
+
+
+def test_client_replaces_over_the_read_version_and_a_stale_one_is_a_conflict(tmp_path: Path) -> None:
+    """ClientKubeApi.replace on a real socket: a PUT to the Lease's path with the body's resourceVersion and
+    modelport's field manager; the server's 409 is a KubeApiError the leader election reads as a lost race."""
+    pytest.importorskip("kubernetes")
+    server = ThreadingHTTPServer(("127.0.0.1", 0), _LeaseServer)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        api = ClientKubeApi.connect(
+            context=CONTEXT, kubeconfig=kubeconfig(tmp_path, server=f"http://127.0.0.1:{server.server_port}")
+        )
+        lease: Object = {
+            "apiVersion": "coordination.k8s.io/v1",
+            "kind": "Lease",
+            "metadata": {"name": "modelport-controller", "namespace": NS, "resourceVersion": "7"},
+            "spec": {"holderIdentity": "controller-0", "leaseDurationSeconds": 15},
+        }
+        stored = api.replace(lease)
+        assert stored["metadata"]["resourceVersion"] == "8"
+        path, body = _LeaseServer.puts[-1]
+        leases = f"/apis/coordination.k8s.io/v1/namespaces/{NS}/leases"
+        assert path == f"{leases}/modelport-controller?fieldManager=modelport"
+        assert body == lease
+        with pytest.raises(KubeApiError) as caught:
+            api.replace({**lease, "metadata": {**lease["metadata"], "resourceVersion": "6"}})
+        assert (caught.value.status, caught.value.reason) == (409, "Conflict")
+        backend = KubernetesBackend(api, namespace=NS, context=CONTEXT, layout=kube_layout())
+        with pytest.raises(ConflictError, match="another client changed it at the same time"):
+            backend.replace_lease({**lease, "metadata": {**lease["metadata"], "resourceVersion": "5"}})
+    finally:
+        server.shutdown()
+        server.server_close()

@@ -169,7 +169,8 @@ def test_deploy_get_describe_logs_delete_on_a_kubernetes_environment(home: Path,
     assert connections.environments[0].context == "prod-eu"
     deployment = fake.stored(Kind.DEPLOYMENT, "api-iris", namespace="mp")
     assert deployment["spec"]["template"]["spec"]["containers"][0]["image"] == image
-    assert "modelport-gateway" in fake.names(Kind.DEPLOYMENT, namespace="mp")
+    assert "modelport-controller" in fake.names(Kind.DEPLOYMENT, namespace="mp")
+    assert "modelport-gateway" in fake.names(Kind.SERVICE, namespace="mp")
 
     listed = run(home, "get", "--env", "prod", "-o", "json", wiring=wiring)
     assert listed.exit_code == 0, listed.output
@@ -211,7 +212,7 @@ def test_deploy_get_describe_logs_delete_on_a_kubernetes_environment(home: Path,
 
     deleted = run(home, "delete", "iris", "--env", "prod", wiring=wiring)
     assert deleted.exit_code == 0, deleted.output
-    assert fake.names(Kind.DEPLOYMENT, namespace="mp") == ["modelport-controller", "modelport-gateway"]
+    assert fake.names(Kind.DEPLOYMENT, namespace="mp") == ["modelport-controller"]
     gone = run(home, "describe", "iris", "--env", "prod", wiring=wiring)
     assert gone.exit_code == 1
     assert "API 'iris' is not deployed in namespace 'mp' of context 'prod-eu'" in gone.stderr

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import functools
 import json
+import re
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
@@ -16,6 +17,7 @@ import pytest
 import yaml
 from click.testing import CliRunner
 
+from modelport.cli.main import cli
 from modelport.cli.render import render
 from modelport.errors import UserInputError
 from modelport.manifests.kubernetes import (
@@ -29,6 +31,7 @@ from modelport.manifests.kubernetes import (
     to_yaml,
     write_manifests,
 )
+from modelport.runtime.options import parse_args, parse_worker_args
 from modelport.spec.errors import SpecError
 from modelport.spec.load import load_project, parse_apis
 from modelport.spec.model import ApiSpec
@@ -181,9 +184,7 @@ def test_cluster_objects_come_first_in_apply_order() -> None:
         ("PersistentVolumeClaim", "modelport-controller-state"),
         ("Deployment", "modelport-controller"),
         ("Service", "modelport-controller"),
-        ("Deployment", "modelport-gateway"),
         ("Service", "modelport-gateway"),
-        ("PodDisruptionBudget", "modelport-gateway"),
     ]
     assert all(obj["metadata"]["namespace"] == "modelport" for obj in objects[1:])
     assert objects[0]["metadata"]["labels"]["pod-security.kubernetes.io/enforce"] == "restricted"
@@ -231,17 +232,25 @@ def test_controller_runs_once_on_its_state_volume_with_a_lease() -> None:
     assert main["image"] == IMAGE
     assert main["command"] == [
         "modelport", "cluster", "run", "--backend", "kubernetes", "--namespace", "modelport",
+        "--identity", "$(POD_NAME)",
     ]  # fmt: skip
     env = {item["name"]: item.get("value") for item in main["env"]}
     assert env["MODELPORT_HOME"] == "/var/lib/modelport"
+    assert (env["MODELPORT_CONTROL_PORT"], env["MODELPORT_GATEWAY_PORT"]) == ("8889", "8888")
+    pod_name = next(item for item in main["env"] if item["name"] == "POD_NAME")  # $(POD_NAME) expands
+    assert pod_name["valueFrom"]["fieldRef"]["fieldPath"] == "metadata.name"
     assert {"name": "state", "mountPath": "/var/lib/modelport"} in main["volumeMounts"]
     assert {"name": "state", "persistentVolumeClaim": {"claimName": "modelport-controller-state"}} in pod[
         "volumes"
     ]
-    for probe in (main["readinessProbe"], main["livenessProbe"]):
-        assert probe["httpGet"]["path"] == "/v1/health"
-        assert probe["httpGet"]["port"] == "control"
-    assert main["ports"] == [{"name": "control", "containerPort": 8889, "protocol": "TCP"}]
+    # Ready only while it leads (a standby gets no traffic); alive as long as it answers.
+    assert main["readinessProbe"]["httpGet"] == {"path": "/v1/ready", "port": "control", "scheme": "HTTP"}
+    assert main["livenessProbe"]["httpGet"] == {"path": "/v1/health", "port": "control", "scheme": "HTTP"}
+    assert main["ports"] == [
+        {"name": "control", "containerPort": 8889, "protocol": "TCP"},
+        {"name": "http", "containerPort": 8888, "protocol": "TCP"},
+    ]
+    assert "sleep" in " ".join(main["lifecycle"]["preStop"]["exec"]["command"])
     claim = find(objects, "PersistentVolumeClaim", "modelport-controller-state")
     assert claim["spec"]["resources"]["requests"]["storage"] == "1Gi"
     assert "storageClassName" not in claim["spec"]
@@ -254,22 +263,25 @@ def test_controller_runs_once_on_its_state_volume_with_a_lease() -> None:
     ]
 
 
-def test_gateway_has_two_replicas_behind_a_service_of_the_chosen_type() -> None:
+def test_the_gateway_service_of_the_chosen_type_leads_to_the_controller_pod() -> None:
+    """The controller's pod serves the gateway (the autoscaler reads its in-flight counts in memory)."""
     options = RenderOptions(image=IMAGE, gateway_service_type="NodePort", controller_image="ghcr.io/a/mp:1")
     objects = render_cluster(options)
-    deployment = find(objects, "Deployment", "modelport-gateway")
-    assert deployment["spec"]["replicas"] == 2
-    gateway = container(deployment)
-    assert gateway["image"] == "ghcr.io/a/mp:1"
-    assert container(find(objects, "Deployment", "modelport-controller"))["image"] == "ghcr.io/a/mp:1"
-    for probe in (gateway["readinessProbe"], gateway["livenessProbe"]):
-        assert probe["httpGet"] == {"path": "/v2/health/live", "port": "http", "scheme": "HTTP"}
-    assert gateway["ports"] == [{"name": "http", "containerPort": 8888, "protocol": "TCP"}]
+    assert [obj["metadata"]["name"] for obj in objects if obj["kind"] == "Deployment"] == [
+        "modelport-controller"
+    ]
+    assert not [obj for obj in objects if obj["kind"] == "PodDisruptionBudget"]  # one pod: drains go on
+    deployment = find(objects, "Deployment", "modelport-controller")
+    assert container(deployment)["image"] == "ghcr.io/a/mp:1"
     service = find(objects, "Service", "modelport-gateway")
     assert service["spec"]["type"] == "NodePort"
     assert service["spec"]["ports"] == [{"name": "http", "port": 80, "targetPort": "http", "protocol": "TCP"}]
+    assert service["metadata"]["labels"]["app.kubernetes.io/component"] == "gateway"
     pod_labels = deployment["spec"]["template"]["metadata"]["labels"]
     assert service["spec"]["selector"].items() <= pod_labels.items()
+    assert "http" in {port["name"] for port in container(deployment)["ports"]}
+    control = find(objects, "Service", "modelport-controller")
+    assert control["spec"]["selector"] == service["spec"]["selector"]
     assert find(render_cluster(OPTIONS), "Service", "modelport-gateway")["spec"]["type"] == "LoadBalancer"
 
 
@@ -287,6 +299,56 @@ def test_every_pod_runs_as_non_root_without_privileges() -> None:
         system = workload["metadata"]["name"] in ("modelport-controller", "modelport-gateway")
         assert context["readOnlyRootFilesystem"] is system  # user predictors may write caches
         assert pod["automountServiceAccountToken"] is (workload["metadata"]["name"] == "modelport-controller")
+
+
+def rendered_commands() -> list[tuple[str, list[str], set[str]]]:
+    """(workload, command, env variable names) of every container of every rendered workload."""
+    found = []
+    for obj in all_objects():
+        if obj["kind"] not in ("Deployment", "Job"):
+            continue
+        for item in obj["spec"]["template"]["spec"]["containers"]:
+            names = {env["name"] for env in item.get("env", [])}
+            found.append((f"{obj['kind']}/{obj['metadata']['name']}", list(item["command"]), names))
+    return found
+
+
+# The hidden commands that hand their arguments to the runtime's own parser, and that parser.
+PASS_THROUGH = {"replica": parse_args, "worker": parse_worker_args}
+
+
+def test_every_rendered_command_exists_with_its_flags() -> None:
+    """What each pod runs is a modelport command that exists, with flags it takes: the click command's own
+    parser, or the runtime parser a pass-through command (`replica`, `worker`) hands its arguments to."""
+    ran: set[tuple[str, ...]] = set()
+    for workload, command, env in rendered_commands():
+        prefix = 3 if command[:3] == ["python", "-m", "modelport"] else 1
+        assert command[:prefix] in (["modelport"], ["python", "-m", "modelport"]), workload
+        for variable in re.findall(r"\$\((\w+)\)", " ".join(command)):
+            assert variable in env, f"{workload}: $({variable}) is not set in the container"
+        words = command[prefix:]
+        group: click.Command = cli
+        path: list[str] = []
+        while isinstance(group, click.Group) and words and words[0] in group.commands:
+            group = group.commands[words[0]]
+            path.append(words.pop(0))
+        assert path, f"{workload}: {command} names no modelport command"
+        ran.add(tuple(path))
+        if path[-1] in PASS_THROUGH:
+            assert group.context_settings.get("ignore_unknown_options"), workload
+            PASS_THROUGH[path[-1]](words)  # exits 2 on a flag it does not take
+        else:
+            group.make_context(" ".join(path), list(words))  # click refuses unknown flags and bad choices
+    assert ran == {("cluster", "run"), ("replica",), ("worker",)}
+
+
+def test_the_command_check_catches_a_flag_that_does_not_exist() -> None:
+    with pytest.raises(click.NoSuchOption):
+        cli.commands["cluster"].commands["run"].make_context(  # type: ignore[attr-defined]
+            "cluster run", ["--backend", "kubernetes", "--namespaces", "x"]
+        )
+    with pytest.raises(SystemExit):
+        parse_worker_args(["--project-dir", "/app", "--spec", "s", "--job", "j"])
 
 
 # --- an API's objects ---------------------------------------------------------------------------------
@@ -314,8 +376,11 @@ def test_realtime_api_objects_and_labels() -> None:
     }
     for obj in objects:
         assert obj["metadata"]["labels"] == expected_labels
-        assert obj["metadata"]["annotations"] == {"modelport.dev/revision": revision}
+        assert obj["metadata"]["annotations"]["modelport.dev/revision"] == revision
     config_map, service, budget, deployment = objects
+    # The controller starts a job's workers from the image recorded with the spec.
+    assert config_map["metadata"]["annotations"]["modelport.dev/image"] == IMAGE
+    assert deployment["metadata"]["annotations"] == {"modelport.dev/revision": revision}
     assert json.loads(config_map["data"]["spec.json"]) == json.loads(project.apis[0].model_dump_json())
     assert ApiSpec.model_validate_json(config_map["data"]["spec.json"]) == project.apis[0]
     assert config_map["immutable"] is True
@@ -432,6 +497,9 @@ def test_async_api_is_served_like_a_realtime_one() -> None:
     objects = render_api(SPECS["async-api"], revision=REVISION, options=OPTIONS)
     assert [obj["kind"] for obj in objects] == ["ConfigMap", "Service", "PodDisruptionBudget", "Deployment"]
     assert objects[-1]["metadata"]["labels"]["modelport.dev/kind"] == "AsyncAPI"
+    # Its replicas consume the queue from the controller's Service.
+    command = container(objects[-1])["command"]
+    assert command[-2:] == ["--control-url", "http://modelport-controller.modelport.svc:8889"]
 
 
 @pytest.mark.parametrize("name", ["batch-api", "task-api"])
@@ -478,6 +546,7 @@ def test_job_is_a_pool_of_workers() -> None:
     assert labels["app.kubernetes.io/component"] == "worker"  # never selected by an API's Service
     no_timeout = render_job(SPECS["task-api"], job_id="t1", workers=1, revision=REVISION, options=OPTIONS)
     assert "activeDeadlineSeconds" not in no_timeout["spec"]
+    assert no_timeout["spec"]["backoffLimit"] == 0  # a task runs once: its Job never starts a second pod
 
 
 @pytest.mark.parametrize(
@@ -617,7 +686,7 @@ def test_write_manifests_one_file_per_object_and_stale_files_go(tmp_path: Path) 
         "01-namespace-modelport.yaml",
         "02-serviceaccount-modelport-controller.yaml",
     ]
-    assert paths[-1].name == "15-deployment-api-iris-classifier.yaml"
+    assert paths[-1].name == "13-deployment-api-iris-classifier.yaml"
     assert sorted(out.iterdir()) == paths  # file order is apply order
     for path, obj in zip(paths, objects, strict=True):
         text = path.read_text()
@@ -656,7 +725,7 @@ def test_render_command_json_and_options() -> None:
     assert find(listed["items"], "Service", "modelport-gateway")["spec"]["type"] == "ClusterIP"
     claim = find(listed["items"], "PersistentVolumeClaim", "modelport-controller-state")
     assert claim["spec"]["storageClassName"] == "gp3"
-    assert container(find(listed["items"], "Deployment", "modelport-gateway"))["image"] == "mp:2"
+    assert container(find(listed["items"], "Deployment", "modelport-controller"))["image"] == "mp:2"
 
 
 def test_render_command_choices_match_the_options() -> None:

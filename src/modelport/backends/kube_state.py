@@ -51,6 +51,9 @@ class KubeLayout:
     replica_port: int
     object_name: Callable[[str], str]  # the API's Deployment, Service and PodDisruptionBudget
     gateway_service: str  # the prediction gateway's Service
+    worker_component: str = "worker"  # the component label value of a job's worker pods (and its Job)
+    job_id_label: str = "modelport.dev/job-id"  # label key whose value is the job's id, on a Job and its pods
+    image_annotation: str = "modelport.dev/image"  # on the spec ConfigMap: the project image of the revision
 
     def replica_selector(self, api: str) -> str:
         """The API's replicas: what its Deployment, headless Service and PodDisruptionBudget select."""
@@ -63,6 +66,18 @@ class KubeLayout:
     def all_apis_selector(self) -> str:
         """The objects of every API (spec ConfigMaps, Services, Deployments, replicas)."""
         return f"{self.api_label},{self.component_label}={self.api_component}"
+
+    def workers_selector(self) -> str:
+        """Every job's worker pods, of every API."""
+        return f"{self.api_label},{self.component_label}={self.worker_component}"
+
+    def jobs_selector(self) -> str:
+        """Every job's Kubernetes Job."""
+        return f"{self.api_label},{self.job_id_label}"
+
+    def job_selector(self, job_id: str) -> str:
+        """One job's Kubernetes Job and pods."""
+        return f"{self.job_id_label}={job_id}"
 
 
 @dataclass(frozen=True, kw_only=True)

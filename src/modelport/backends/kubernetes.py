@@ -13,7 +13,7 @@ import copy
 import json
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from enum import StrEnum
 from pathlib import Path
 from typing import Any, Protocol
@@ -42,7 +42,16 @@ from modelport.errors import (
     UserInputError,
 )
 from modelport.spec.model import ApiSpec
-from modelport.types import ApiKind, ApiName, ApiStatus, ReplicaPhase, ReplicaTarget, Revision
+from modelport.types import (
+    ApiKind,
+    ApiName,
+    ApiStatus,
+    JobId,
+    ReplicaPhase,
+    ReplicaTarget,
+    Revision,
+    WorkloadRole,
+)
 
 __all__ = [
     "FIELD_MANAGER",
@@ -138,6 +147,10 @@ class KubeApi(Protocol):
     def get(self, kind: Kind, *, name: str, namespace: str) -> Object | None:
         """The object, or None when it does not exist (the namespace is ignored for cluster-scoped kinds)."""
 
+    def replace(self, manifest: Object) -> Object:
+        """Replace the whole object (PUT) only if it is still at its metadata.resourceVersion (optimistic
+        concurrency: KubeApiError 409 when someone changed it since); the object as stored."""
+
     def list_objects(self, kind: Kind, *, namespace: str, selector: str) -> list[Object]:
         """The objects of `kind` in `namespace` matching a label selector like `a=b,c`."""
 
@@ -184,6 +197,9 @@ class ApiState:
     stale: int  # ready replicas of an older revision, still serving during a rolling update
     last_updated: float | None  # when the current revision was first applied
     pods: tuple[PodState, ...]
+    # Whether its Deployment exists (a realtime or async API's spec is applied just before it); `requested`
+    # is the Deployment's spec.replicas only when it does.
+    has_deployment: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -397,6 +413,77 @@ class KubernetesBackend:
         port = ports[0].get("port", 80) if ports else 80
         return str(host) if port == 80 else f"{host}:{port}"
 
+    # The in-cluster controller ---------------------------------------------------------------------------
+
+    def lease(self, name: str) -> Object | None:
+        """The Lease `name` as stored (None when it does not exist)."""
+        return self._get(Kind.LEASE, name)
+
+    def replace_lease(self, lease: Object) -> Object:
+        """Write a Lease read with `lease()` back, only over the resourceVersion it was read at
+        (ConflictError when another controller wrote it since); the Lease as stored."""
+        if Kind.of(lease) is not Kind.LEASE:
+            raise UserInputError(f"replace_lease takes a Lease, got {lease.get('kind')}")
+        try:
+            return self._api.replace(lease)
+        except KubeApiError as exc:
+            raise self._explain(exc, doing=f"update Lease {_name(lease)}") from None
+
+    def job_workers(self) -> list[ObservedReplica]:
+        """The pods of every job's workers (role and job id from their labels), oldest first."""
+        workers = []
+        for obj in self._list(Kind.POD, self._layout.workers_selector()):
+            labels = _labels(obj)
+            job_id = labels.get(self._layout.job_id_label)
+            if not job_id:
+                continue
+            pod = parse_pod(obj, layout=self._layout)
+            task = labels.get(self._layout.kind_label) == ApiKind.TASK.value
+            workers.append(
+                replace(
+                    pod.replica(port=self._layout.replica_port),
+                    role=WorkloadRole.TASK if task else WorkloadRole.BATCH_WORKER,
+                    job_id=JobId(job_id),
+                )
+            )
+        return sorted(workers, key=lambda w: (w.started_at, w.replica_id))
+
+    def active_job_ids(self) -> set[JobId]:
+        """The ids of the jobs whose Kubernetes Job still runs pods or may start more: not Complete (a
+        worker exited 0, so the Job starts no more pods), not Failed (past its backoffLimit or deadline)."""
+        active = set()
+        for job in self._list(Kind.JOB, self._layout.jobs_selector()):
+            conditions = (job.get("status") or {}).get("conditions") or []
+            finished = any(
+                c.get("type") in ("Complete", "Failed") and c.get("status") == "True" for c in conditions
+            )
+            if not finished:
+                active.add(JobId(_labels(job)[self._layout.job_id_label]))
+        return active
+
+    def apply_job(self, manifest: Object) -> None:
+        """Create (or update) one job's Kubernetes Job, as `render_job` made it."""
+        if Kind.of(manifest) is not Kind.JOB:
+            raise UserInputError(f"apply_job takes a Job, got {manifest.get('kind')}")
+        self._apply(manifest)
+
+    def delete_job(self, job_id: str) -> bool:
+        """Delete the job's Kubernetes Job (its pods stop); False when it had none."""
+        deleted = False
+        for job in self._list(Kind.JOB, self._layout.job_selector(job_id)):
+            deleted = self._delete(Kind.JOB, _name(job)) or deleted
+        return deleted
+
+    def spec_image(self, api: str, revision: str) -> str | None:
+        """The project image that revision `revision` of the API was deployed with (its spec ConfigMap's
+        annotation); None when no such ConfigMap carries one."""
+        annotation = self._layout.revision_annotation
+        for config_map in self._list(Kind.CONFIG_MAP, self._layout.api_selector(api)):
+            annotations = _annotations(config_map)
+            if annotations.get(annotation) == revision and annotations.get(self._layout.image_annotation):
+                return annotations[self._layout.image_annotation]
+        return None
+
     # Internals -----------------------------------------------------------------------------------------
 
     def _state(self, api: ApiName, specs: Sequence[Object], deployment: Object | None) -> ApiState:
@@ -431,6 +518,7 @@ class KubernetesBackend:
             stale=sum(1 for p in ready if p.revision != revision),
             last_updated=None if current is None else _created(current) or None,
             pods=pods,
+            has_deployment=deployment is not None,
         )
 
     def _deployed_revision(self, api: ApiName, kind: ApiKind) -> Revision | None:
@@ -652,6 +740,19 @@ class ClientKubeApi:
                 return None
             raise
         return _plain(found)
+
+    def replace(self, manifest: Object) -> Object:
+        kind = Kind.of(manifest)
+        meta = manifest.get("metadata") or {}
+        with self._translated():
+            stored = self._resource(kind).replace(
+                body=manifest,
+                name=meta.get("name"),
+                namespace=meta.get("namespace") if kind.namespaced else None,
+                field_manager=FIELD_MANAGER,
+                _request_timeout=REQUEST_TIMEOUT_SECONDS,
+            )
+        return _plain(stored)
 
     def list_objects(self, kind: Kind, *, namespace: str, selector: str) -> list[Object]:
         with self._translated():

@@ -269,9 +269,38 @@ def cluster_info(ctx: Context, **_: Any) -> None:
 
 
 @cluster.command("run", hidden=True)
+@click.option(
+    "--backend",
+    type=click.Choice(["local", "kubernetes"]),
+    default="local",
+    show_default=True,
+    help="local: the embedded cluster (what `cluster up` starts); kubernetes: the controller and gateway of "
+    "a namespace, run by the controller pod `modelport render kubernetes` renders",
+)
+@click.option("--namespace", default=None, help="kubernetes: the namespace this controller manages")
+@click.option(
+    "--identity",
+    default=None,
+    help="kubernetes: this controller's name in the leader Lease [default: the host name, the pod's name]",
+)
 @pass_context
-def cluster_run(ctx: Context) -> None:
-    """Run the cluster in the foreground (what `cluster up` starts in the background)."""
+@fail_cleanly
+def cluster_run(ctx: Context, backend: str, namespace: str | None, identity: str | None) -> None:
+    """Run the cluster in the foreground (what `cluster up` starts in the background, or a namespace's
+    controller in its pod)."""
+    if backend == "kubernetes":
+        import socket
+
+        from modelport.cluster.kube_daemon import KubeDaemonConfig, kube_daemon_main
+
+        if not namespace:
+            raise UserInputError("--namespace: required with --backend kubernetes (the namespace to manage)")
+        config = KubeDaemonConfig.from_settings(
+            ctx.settings, namespace=namespace, identity=identity or socket.gethostname()
+        )
+        sys.exit(kube_daemon_main(config))
+    if namespace is not None or identity is not None:
+        raise UserInputError("--namespace and --identity go with --backend kubernetes only")
     from modelport.cluster.daemon import daemon_main
 
     sys.exit(daemon_main(ctx.settings))

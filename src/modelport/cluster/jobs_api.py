@@ -2,7 +2,8 @@
 the control API (docs/jobs.md).
 
 The daemon builds one `JobsApi` and hands it to the gateway (as its SubmissionHandler) and to the control
-API (its `routes()`); both call the controller's `JobScheduler`. Thin: parse, call, serialise.
+API (its `routes()`); both call the controller's `JobScheduler`. Thin: parse, call, serialise. The local
+daemon's Controller and the in-cluster KubeController both serve as its `JobsHost`.
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ import base64
 import contextlib
 import re
 from collections.abc import Awaitable, Callable
-from typing import Any
+from typing import Any, Protocol
 from urllib.parse import parse_qs
 
 import orjson
@@ -20,7 +21,7 @@ import orjson
 from modelport.cluster.http_errors import error_to_response
 from modelport.controller.jobs import JobScheduler, JobView, LeaseKind, require_kind
 from modelport.controller.jobstore import ItemState, ItemView, Lease
-from modelport.controller.loop import Controller
+from modelport.controller.ports import DesiredApi, ObservedReplica
 from modelport.errors import UserInputError
 from modelport.http.server import Request, Response, error_response, json_response
 from modelport.spec.job import parse_batch_job, parse_task_job, plan_batches
@@ -44,8 +45,16 @@ _ASYNC_STATUS = {
 }
 
 
+class JobsHost(Protocol):
+    """What the job routes need of the controller: the APIs as deployed and the workers as observed."""
+
+    def desired_api(self, name: ApiName) -> DesiredApi: ...
+
+    def workers(self) -> list[ObservedReplica]: ...
+
+
 class JobsApi:
-    def __init__(self, *, controller: Controller, scheduler: JobScheduler, gateway_url: str) -> None:
+    def __init__(self, *, controller: JobsHost, scheduler: JobScheduler, gateway_url: str) -> None:
         self._controller = controller
         self._jobs = scheduler
         self._gateway_url = gateway_url

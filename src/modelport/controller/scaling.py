@@ -146,8 +146,19 @@ class Autoscalers:
             scaler.respec(spec)
         return scaler.requested
 
+    def adopt(self, name: ApiName, spec: AutoscalingSpec, *, now: float, replicas: int) -> int:
+        """Start scaling an API that already runs `replicas` (found in a cluster, e.g. by a controller that
+        just took over): the count is kept, within [min, max], rather than reset to init_replicas.
+        Returns its count."""
+        requested = max(spec.min_replicas, min(replicas, spec.max_replicas))
+        self._scalers[name] = ApiScaler(spec, now=now, interval=self._interval, requested=requested)
+        return requested
+
     def remove(self, name: ApiName) -> None:
         self._scalers.pop(name, None)
+
+    def names(self) -> frozenset[ApiName]:
+        return frozenset(self._scalers)
 
     def requested(self, name: ApiName) -> int:
         return self._scalers[name].requested

@@ -121,14 +121,20 @@ def build_route(
 ) -> ApiRoute:
     """The gateway's view of one API: its READY replicas that are not being stopped, ordered by id so that
     an unchanged table compares equal and is not published again."""
-    serving = sorted(
-        (
-            ReplicaTarget(replica_id=r.replica_id, address=r.address, revision=r.revision)
-            for r in replicas
-            if r.phase is ReplicaPhase.READY and r.replica_id not in stopping and r.address is not None
-        ),
-        key=lambda t: t.replica_id,
-    )
+    serving = [
+        ReplicaTarget(replica_id=r.replica_id, address=r.address, revision=r.revision)
+        for r in replicas
+        if r.phase is ReplicaPhase.READY and r.replica_id not in stopping and r.address is not None
+    ]
+    return route_of(desired, serving, status=report.status, reason=report.reason)
+
+
+def route_of(
+    desired: DesiredApi, serving: Sequence[ReplicaTarget], *, status: ApiStatus, reason: str | None
+) -> ApiRoute:
+    """The route of an API to the replicas in `serving` (ordered here by id, so that an unchanged table
+    compares equal); the in-cluster controller builds it from ready endpoints."""
+    serving = sorted(serving, key=lambda t: (t.replica_id, t.address.host, t.address.port))
     scaling = desired.spec.autoscaling
     # Only an API that may scale to zero has its requests held while it has no ready replica; any other
     # API without one answers 503 at once, with its status as the reason.
@@ -138,8 +144,8 @@ def build_route(
         endpoint=desired.spec.networking.endpoint,
         replicas=tuple(serving),
         max_replica_concurrency=scaling.max_replica_concurrency,
-        status=report.status,
-        unavailable_reason=report.reason,
+        status=status,
+        unavailable_reason=reason,
         retry_on_failure=desired.spec.predictor.idempotent,
         hold_when_empty=hold,
         hold_queue_limit=scaling.activation_queue_limit if hold else 0,

@@ -15,6 +15,7 @@ from modelport.manifests.layout import (
     API_LABEL,
     COMPONENT_LABEL,
     GRACE_MARGIN_SECONDS,
+    IMAGE_ANNOTATION,
     INSTANCE_LABEL,
     JOB_ID_LABEL,
     KIND_LABEL,
@@ -97,6 +98,8 @@ def render_job(
     """A batch/v1 Job of `workers` pods pulling work from the controller (a work queue: no completions).
 
     The Job succeeds once a worker exits 0 with the others done; `timeout_seconds` bounds its whole run.
+    A batch job's failed workers are replaced (the controller ends the job sooner when they keep failing); a
+    task runs once, so its Job never starts a second pod.
     """
     _check_revision(revision)
     if spec.kind not in JOB_KINDS:
@@ -139,7 +142,7 @@ def render_job(
     }
     job_spec: Object = {
         "parallelism": workers,
-        "backoffLimit": max(MIN_JOB_BACKOFF_LIMIT, 2 * workers),
+        "backoffLimit": 0 if spec.kind == ApiKind.TASK else max(MIN_JOB_BACKOFF_LIMIT, 2 * workers),
         "ttlSecondsAfterFinished": options.job_ttl_seconds,
     }
     if timeout_seconds is not None:
@@ -208,12 +211,13 @@ def _spec_config_map(spec: ApiSpec, *, revision: str, options: RenderOptions) ->
             f"API {spec.name!r}: the resolved spec is {size} bytes, over Kubernetes' ConfigMap limit of "
             f"{MAX_CONFIG_MAP_BYTES}: keep predictor.config small and put large data in project files"
         )
+    meta = _meta(spec_config_map_name(spec.name, revision), spec, revision=revision, options=options)
+    # The in-cluster controller starts a job's workers from the image its API's revision was deployed with.
+    meta["annotations"][IMAGE_ANNOTATION] = options.image
     return {
         "apiVersion": "v1",
         "kind": "ConfigMap",
-        "metadata": _meta(
-            spec_config_map_name(spec.name, revision), spec, revision=revision, options=options
-        ),
+        "metadata": meta,
         "immutable": True,
         "data": {SPEC_KEY: spec_json},
     }
@@ -270,6 +274,8 @@ def _deployment(spec: ApiSpec, *, revision: str, options: RenderOptions) -> Obje
             "$(POD_NAME)",
             "--grace",
             str(REPLICA_GRACE_SECONDS),
+            # An AsyncAPI's replicas consume its queue from the controller (docs/jobs.md).
+            *(["--control-url", options.control_url] if spec.kind == ApiKind.ASYNC else []),
         ],
         "ports": [{"name": "http", "containerPort": REPLICA_PORT, "protocol": "TCP"}],
         "env": _env(spec),

@@ -1,6 +1,13 @@
 """The objects a namespace needs before any API: namespace, controller (RBAC, state, lease) and gateway.
 
 Called by manifests.kubernetes.render_project (and by `modelport render kubernetes` through it).
+
+Topology: one controller pod runs `modelport cluster run --backend kubernetes` (cluster/kube_daemon.py): the
+reconcile loop, the control API (port 8889) and the prediction gateway (port 8888) in one process, because the
+autoscaler decides on the gateway's in-flight counts, which it then reads in memory. The gateway Service
+(LoadBalancer by default) and the control Service both select that pod, and its readiness probe passes only
+while it holds the Lease: a second controller (say, one still running on a node cut off from the API server
+while its replacement starts) stands by and receives nothing.
 """
 
 from __future__ import annotations
@@ -9,8 +16,8 @@ from modelport.manifests.layout import (
     COMPONENT_LABEL,
     CONTROL_HEALTH_PATH,
     CONTROL_PORT,
+    CONTROL_READY_PATH,
     CONTROLLER_NAME,
-    GATEWAY_HEALTH_PATH,
     GATEWAY_NAME,
     GATEWAY_PORT,
     GATEWAY_SERVICE_PORT,
@@ -34,7 +41,6 @@ from modelport.manifests.pods import (
     metadata,
     pod_security_context,
     sleep_hook,
-    spread_over_nodes,
 )
 from modelport.version import __version__
 
@@ -62,13 +68,14 @@ CONTROLLER_RULES: tuple[Object, ...] = (
     },
 )
 
-GATEWAY_REPLICAS = 2
+# The preStop sleep, then the gateway's drain of in-flight predictions (which may be slow, up to 30 s), then
+# the Lease's release.
 CONTROLLER_GRACE_SECONDS = 60
-GATEWAY_GRACE_SECONDS = 60  # the gateway drains in-flight predictions, which may be slow
 
 
 def render_cluster(options: RenderOptions) -> list[Object]:
-    """Namespace, controller RBAC, Lease, state PVC, controller and gateway Deployments and Services.
+    """Namespace, controller RBAC, Lease, state PVC, the controller's Deployment, its control Service and
+    the gateway Service in front of it.
 
     The Namespace enforces Pod Security's `restricted` profile, which every pod rendered here meets; rendering
     into a namespace shared with other workloads applies that label to it too.
@@ -121,7 +128,6 @@ def render_cluster(options: RenderOptions) -> list[Object]:
             port=CONTROL_PORT,
             target="control",
         ),
-        _gateway_deployment(options),
         _service(
             GATEWAY_NAME,
             namespace=namespace,
@@ -129,13 +135,8 @@ def render_cluster(options: RenderOptions) -> list[Object]:
             service_type=options.gateway_service_type,
             port=GATEWAY_SERVICE_PORT,
             target="http",
+            selects=Component.CONTROLLER,  # the controller's pod serves the gateway
         ),
-        {
-            "apiVersion": "policy/v1",
-            "kind": "PodDisruptionBudget",
-            "metadata": metadata(GATEWAY_NAME, namespace=namespace, labels=_labels(Component.GATEWAY)),
-            "spec": {"minAvailable": 1, "selector": {"matchLabels": _selector(Component.GATEWAY)}},
-        },
     ]
 
 
@@ -182,17 +183,27 @@ def _controller_deployment(options: RenderOptions) -> Object:
             "kubernetes",
             "--namespace",
             options.namespace,
+            "--identity",
+            "$(POD_NAME)",  # its identity in the Lease (Kubernetes expands the variable)
         ],
-        "ports": [{"name": "control", "containerPort": CONTROL_PORT, "protocol": "TCP"}],
+        "ports": [
+            {"name": "control", "containerPort": CONTROL_PORT, "protocol": "TCP"},
+            {"name": "http", "containerPort": GATEWAY_PORT, "protocol": "TCP"},
+        ],
         "env": [
             {"name": "MODELPORT_HOME", "value": STATE_DIR},
             {"name": "MODELPORT_CONTROL_PORT", "value": str(CONTROL_PORT)},
-            field_env("POD_NAME", "metadata.name"),  # its identity in the Lease
+            {"name": "MODELPORT_GATEWAY_PORT", "value": str(GATEWAY_PORT)},
+            field_env("POD_NAME", "metadata.name"),
             field_env("POD_NAMESPACE", "metadata.namespace"),
         ],
-        "resources": {"requests": {"cpu": "100m", "memory": "256Mi"}, "limits": {"memory": "1Gi"}},
-        "readinessProbe": http_probe(CONTROL_HEALTH_PATH, "control", period=5, failures=3),
+        # The gateway proxies every prediction: it needs more than the control loop alone.
+        "resources": {"requests": {"cpu": "500m", "memory": "512Mi"}, "limits": {"memory": "2Gi"}},
+        # Ready only while it leads; alive while the process answers (a standby is alive, not ready).
+        "readinessProbe": http_probe(CONTROL_READY_PATH, "control", period=2, failures=2),
         "livenessProbe": http_probe(CONTROL_HEALTH_PATH, "control", period=10, failures=6, timeout=5),
+        # Endpoints drop the pod while it still serves, then SIGTERM drains the gateway.
+        "lifecycle": sleep_hook(PRESTOP_SLEEP_SECONDS),
         "securityContext": container_security_context(read_only_root=True),
         "volumeMounts": [
             {"name": "state", "mountPath": STATE_DIR},
@@ -231,51 +242,15 @@ def _controller_deployment(options: RenderOptions) -> Object:
     }
 
 
-def _gateway_deployment(options: RenderOptions) -> Object:
-    container: Object = {
-        "name": "gateway",
-        "image": options.system_image,
-        "command": ["modelport", "gateway", "run", "--control-url", options.control_url],
-        "ports": [{"name": "http", "containerPort": GATEWAY_PORT, "protocol": "TCP"}],
-        "env": [
-            {"name": "MODELPORT_GATEWAY_HOST", "value": "0.0.0.0"},
-            {"name": "MODELPORT_GATEWAY_PORT", "value": str(GATEWAY_PORT)},
-            field_env("POD_NAME", "metadata.name"),
-        ],
-        "resources": {"requests": {"cpu": "250m", "memory": "256Mi"}, "limits": {"memory": "1Gi"}},
-        "readinessProbe": http_probe(GATEWAY_HEALTH_PATH, "http", period=5, failures=2),
-        "livenessProbe": http_probe(GATEWAY_HEALTH_PATH, "http", period=10, failures=6, timeout=5),
-        "lifecycle": sleep_hook(PRESTOP_SLEEP_SECONDS),
-        "securityContext": container_security_context(read_only_root=True),
-        "volumeMounts": [{"name": "tmp", "mountPath": "/tmp"}],
-    }
-    return {
-        "apiVersion": "apps/v1",
-        "kind": "Deployment",
-        "metadata": metadata(GATEWAY_NAME, namespace=options.namespace, labels=_labels(Component.GATEWAY)),
-        "spec": {
-            "replicas": GATEWAY_REPLICAS,
-            "strategy": {"type": "RollingUpdate", "rollingUpdate": {"maxSurge": 1, "maxUnavailable": 0}},
-            "revisionHistoryLimit": 3,
-            "selector": {"matchLabels": _selector(Component.GATEWAY)},
-            "template": {
-                "metadata": {"labels": _labels(Component.GATEWAY)},
-                "spec": {
-                    "automountServiceAccountToken": False,  # the gateway never calls the Kubernetes API
-                    "enableServiceLinks": False,
-                    "securityContext": pod_security_context(),
-                    "terminationGracePeriodSeconds": GATEWAY_GRACE_SECONDS,
-                    "topologySpreadConstraints": spread_over_nodes(_selector(Component.GATEWAY)),
-                    "containers": [container],
-                    "volumes": [{"name": "tmp", "emptyDir": {}}],
-                },
-            },
-        },
-    }
-
-
 def _service(
-    name: str, *, namespace: str, component: Component, service_type: str, port: int, target: str
+    name: str,
+    *,
+    namespace: str,
+    component: Component,
+    service_type: str,
+    port: int,
+    target: str,
+    selects: Component | None = None,
 ) -> Object:
     return {
         "apiVersion": "v1",
@@ -283,7 +258,7 @@ def _service(
         "metadata": metadata(name, namespace=namespace, labels=_labels(component)),
         "spec": {
             "type": service_type,
-            "selector": _selector(component),
+            "selector": _selector(selects or component),
             "ports": [{"name": target, "port": port, "targetPort": target, "protocol": "TCP"}],
         },
     }

@@ -8,18 +8,19 @@ from __future__ import annotations
 
 from enum import StrEnum
 
-# The cluster's own objects.
+# The cluster's own objects. The controller's pod also serves the prediction gateway (one process: the
+# autoscaler reads the gateway's in-flight counts in memory), so the gateway is a Service, not a Deployment.
 CONTROLLER_NAME = "modelport-controller"  # Deployment, Service, ServiceAccount, Role, RoleBinding
 LEASE_NAME = "modelport-controller"  # coordination.k8s.io Lease for leader election
 STATE_CLAIM_NAME = "modelport-controller-state"  # PersistentVolumeClaim holding the SQLite state
-GATEWAY_NAME = "modelport-gateway"  # Deployment, Service, PodDisruptionBudget
+GATEWAY_NAME = "modelport-gateway"  # the Service in front of the controller pod's gateway port
 
 CONTROL_PORT = 8889
 GATEWAY_PORT = 8888
 GATEWAY_SERVICE_PORT = 80
 REPLICA_PORT = 8080
-CONTROL_HEALTH_PATH = "/v1/health"
-GATEWAY_HEALTH_PATH = "/v2/health/live"
+CONTROL_HEALTH_PATH = "/v1/health"  # 200 while the controller process runs (liveness)
+CONTROL_READY_PATH = "/v1/ready"  # 200 only while it leads: the gateway and control Services select it then
 READY_PATH = "/readyz"
 ALIVE_PATH = "/healthz"
 
@@ -45,6 +46,7 @@ API_LABEL = "modelport.dev/api"
 KIND_LABEL = "modelport.dev/kind"
 JOB_ID_LABEL = "modelport.dev/job-id"
 REVISION_ANNOTATION = "modelport.dev/revision"
+IMAGE_ANNOTATION = "modelport.dev/image"  # on a spec ConfigMap: the project image its revision runs
 
 GPU_RESOURCE = "nvidia.com/gpu"
 INF_RESOURCE = "aws.amazon.com/neuron"

@@ -96,7 +96,7 @@ def test_layers_go_from_the_least_to_the_most_often_changed(tmp_path: Path) -> N
     order = [
         position(steps, "FROM", "python:3.11-slim"),
         position(steps, "RUN", "python3 -m venv /opt/modelport"),
-        position(steps, "RUN", "'modelport==0.1.0'"),
+        position(steps, "RUN", "'modelport[kubernetes]==0.1.0'"),
         position(steps, "COPY", "requirements.txt"),
         position(steps, "RUN", "-r /opt/modelport/requirements.txt"),
         position(steps, "COPY", "specs/ /etc/modelport/"),
@@ -178,7 +178,7 @@ def test_requirements_from_the_index_need_the_network_but_modelport_does_not(tmp
     steps = instructions(render(make_project(tmp_path, **{"requirements.txt": "numpy\n"}), source))
     requirements = steps[position(steps, "RUN", "-r /opt/modelport/requirements.txt")][1]
     assert "--no-index" not in requirements
-    assert "--no-index" in steps[position(steps, "RUN", "'modelport==0.1.0'")][1]
+    assert "--no-index" in steps[position(steps, "RUN", "'modelport[kubernetes]==0.1.0'")][1]
 
 
 def python_check(text: str) -> str:

@@ -97,7 +97,8 @@ class ModelportSource:
     project_wheels_digest: str = ""
     python: tuple[int, int] | None = None
     requirements: RequirementsSource = RequirementsSource.WHEELHOUSE
-    requirement: str = f"modelport=={__version__}"
+    # With the extra the in-cluster controller needs (images/wheelhouse.py IMAGE_EXTRAS).
+    requirement: str = f"modelport[kubernetes]=={__version__}"
 
 
 def default_api(project: Project) -> str:

@@ -39,9 +39,14 @@ class WheelhouseError(ModelportError):
     """`pip wheel` could not make the wheels (no network and no cache, a requirement that does not exist)."""
 
 
+# Every image can also run the in-cluster controller (`modelport cluster run --backend kubernetes`), which
+# needs the Kubernetes client: the images install modelport with this extra.
+IMAGE_EXTRAS = "[kubernetes]"
+
+
 def modelport_source() -> str:
-    """What `pip wheel` builds modelport from: the source tree it runs from when there is one, else the
-    release of this version (`modelport==X` from the package index).
+    """What `pip wheel` builds modelport from, with the image's extras: the source tree it runs from when
+    there is one, else the release of this version (`modelport[kubernetes]==X` from the package index).
     """
     try:
         direct_url = importlib.metadata.distribution("modelport").read_text("direct_url.json")
@@ -50,11 +55,11 @@ def modelport_source() -> str:
     if direct_url:  # PEP 610: an editable or local-folder install names its source
         url = urlparse(json.loads(direct_url).get("url", ""))
         if url.scheme == "file" and _is_modelport_tree(Path(unquote(url.path))):
-            return unquote(url.path)
+            return unquote(url.path) + IMAGE_EXTRAS
     tree = Path(__file__).resolve().parents[3]  # src/modelport/images/wheelhouse.py -> the repository
     if _is_modelport_tree(tree):
-        return str(tree)
-    return f"modelport=={__version__}"
+        return str(tree) + IMAGE_EXTRAS
+    return f"modelport{IMAGE_EXTRAS}=={__version__}"
 
 
 def make_wheels(
@@ -111,8 +116,8 @@ def copy_wheelhouse(source: Path, *, destination: Path) -> int:
     if not any(_distribution_name(path) == "modelport" for path in files):
         raise UserInputError(
             f"--wheelhouse {source}: no modelport wheel in it: add one with "
-            f"`pip wheel --wheel-dir {source} modelport=={__version__}` (or `pip wheel` of modelport's "
-            "source folder), with its dependencies and the project's requirements"
+            f"`pip wheel --wheel-dir {source} 'modelport[kubernetes]=={__version__}'` (or `pip wheel` of "
+            "modelport's source folder), with its dependencies and the project's requirements"
         )
     destination.mkdir(parents=True, exist_ok=True)
     for path in files:

@@ -99,6 +99,14 @@ def cluster(tmp_path: Path) -> Iterator[Cluster]:
     harness.jobs_store.close()
 
 
+def test_deploy_publishes_the_route_before_any_pass_of_the_loop(cluster: Cluster) -> None:
+    cluster.deploy(BATCH, "BatchAPI")
+    cluster.deploy(ApiName("iris"), "RealtimeAPI")
+
+    assert cluster.routes.latest[BATCH].kind is ApiKind.BATCH  # submissions are taken at once
+    assert cluster.routes.latest[ApiName("iris")].replicas == ()  # 503 not ready, not 404, until one is
+
+
 def test_a_batch_api_starts_no_replica_and_takes_submissions_at_once(cluster: Cluster) -> None:
     cluster.deploy(BATCH, "BatchAPI")
     for _ in range(3):

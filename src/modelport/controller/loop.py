@@ -128,6 +128,9 @@ class Controller:
             _short(desired.revision),
             f"{replicas} replicas" if replicas is not None else "workers start per job",
         )
+        # The gateway knows the API when deploy returns: a batch, task or async API takes submissions at
+        # once, a realtime one answers 503 (not ready) rather than 404 until its replicas are.
+        self._guarded("publishing routes", self._publish, self._backend.observe())
         return "created" if known is None else "updated"
 
     def delete(self, name: ApiName) -> bool:

@@ -80,10 +80,15 @@ class ReplicaPhase(StrEnum):
 
 @dataclass(frozen=True, slots=True)
 class Address:
-    """Where a replica listens: a loopback TCP port."""
+    """Where a replica listens: a TCP host and port, and for a local replica also a Unix socket `path`.
+
+    The gateway sends requests over `path` when it is set (cheaper than loopback TCP); probes and tools use
+    host:port, which is also what str() shows and what an HTTP Host header carries.
+    """
 
     host: str
     port: int
+    path: str | None = None  # a Unix domain socket on this machine that serves the same requests
 
     def __str__(self) -> str:
         return f"{self.host}:{self.port}"

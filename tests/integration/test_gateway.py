@@ -11,9 +11,13 @@ import functools
 import http.client
 import io
 import json
+import logging
 import re
-from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Sequence
+import socket
+import tempfile
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Iterator, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Protocol
 
 import pytest
@@ -22,6 +26,7 @@ import uvloop
 from modelport.gateway.app import Gateway
 from modelport.http.server import HttpServer, Request, Response, json_response
 from modelport.types import Address, ApiName, ApiRoute, ApiStatus, ReplicaId, ReplicaTarget, Revision
+from tests.support import free_port
 
 pytestmark = pytest.mark.integration
 
@@ -142,6 +147,15 @@ class FakeReplica:
 
     async def start(self) -> FakeReplica:
         self.address = await self._server.start(host="127.0.0.1", port=0)
+        return self
+
+    async def start_unix(self, path: Path) -> FakeReplica:
+        """Serve on a Unix socket only; the address's TCP port is one nobody listens on."""
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        sock.bind(str(path))
+        sock.setblocking(False)
+        await self._server.start_unix(sock=sock)
+        self.address = Address("127.0.0.1", free_port(), path=str(path))
         return self
 
     async def stop(self) -> None:
@@ -471,3 +485,47 @@ def test_drain_waits_for_the_request_in_flight(run: Run) -> None:
             await replica.stop()
 
     run(scenario)
+
+
+# local replicas over Unix sockets ---------------------------------------------------------------------
+
+
+@pytest.fixture
+def socket_dir() -> Iterator[Path]:
+    with tempfile.TemporaryDirectory(prefix="mp-gw-") as folder:  # short: socket paths fit in 108 bytes
+        yield Path(folder)
+
+
+def test_a_replica_with_a_unix_socket_is_reached_over_it(run: Run, socket_dir: Path) -> None:
+    async def scenario() -> None:
+        replica = await FakeReplica().start_unix(socket_dir / "r1.sock")
+        async with serving(route("iris", target("r1", replica.address)), replica) as (gw, gateway):
+            for n in range(3):  # one pooled connection carries them all
+                body = f'{{"n": {n}}}'
+                reply = await call(gateway, "POST", "/iris?n=1", body=body.encode())
+                assert (reply.status, reply.json()) == (200, {"echo": body})
+            seen = replica.requests[0]
+            assert (seen.path, seen.query_string) == ("/predict", b"n=1")
+            assert seen.client is None  # a Unix socket peer has no address
+            assert seen.header(b"x-forwarded-for") == b"127.0.0.1"  # the client, as the gateway saw it
+            assert gw.traffic()[ApiName("iris")].status_2xx == 3
+
+    run(scenario)
+
+
+def test_a_unix_socket_nobody_serves_is_a_connect_failure_retried_on_another_replica(
+    run: Run, socket_dir: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger="modelport.gateway.app")
+
+    async def scenario() -> None:
+        live = await FakeReplica().start()
+        gone = Address("127.0.0.1", free_port(), path=str(socket_dir / "gone.sock"))
+        routes = route("m", target("gone", gone), target("live", live.address))
+        async with serving(routes, live) as (_, gateway):
+            replies = [await call(gateway, "POST", "/m", body=b"x") for _ in range(4)]
+            assert [reply.status for reply in replies] == [200] * 4
+            assert len(live.requests) == 4
+
+    run(scenario)
+    assert f"could not be reached at {socket_dir / 'gone.sock'}" in caplog.text

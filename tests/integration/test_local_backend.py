@@ -3,11 +3,15 @@
 from __future__ import annotations
 
 import asyncio
+import http.client
 import json
 import os
 import signal
+import socket
+import stat
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
@@ -16,7 +20,14 @@ import psutil
 import pytest
 
 from modelport.backends.compute import MachineCapacity
-from modelport.backends.local import KEPT_LOGS_PER_API, LocalBackend, ReplicaCommand, kill_stale_replica
+from modelport.backends.local import (
+    KEPT_LOGS_PER_API,
+    LocalBackend,
+    ReplicaCommand,
+    ReplicaListen,
+    default_replica_command,
+    kill_stale_replica,
+)
 from modelport.clock import Clock, FakeClock
 from modelport.controller.ports import ObservedReplica, ReplicaLaunch
 from modelport.errors import ConflictError, UnavailableError
@@ -107,8 +118,9 @@ def stand_in(tmp_path: Path) -> Path:
 
 
 def command(stand_in: Path, *flags: str) -> ReplicaCommand:
-    def build(launch: ReplicaLaunch, port: int) -> list[str]:
-        return [sys.executable, str(stand_in), "--port", str(port), "--replica-id", launch.replica_id, *flags]
+    def build(launch: ReplicaLaunch, listen: ReplicaListen) -> list[str]:
+        port = str(listen.port)
+        return [sys.executable, str(stand_in), "--port", port, "--replica-id", launch.replica_id, *flags]
 
     return build
 
@@ -153,9 +165,11 @@ def make_backend(tmp_path: Path) -> Iterator[BackendFactory]:
         probe_timeout: float = 1.0,
         health_interval: float = 2.0,
         health_failure_threshold: int = 3,
+        sockets_dir: Path | None = None,
     ) -> LocalBackend:
         backend = LocalBackend(
             logs_dir=tmp_path / "logs",
+            sockets_dir=sockets_dir,
             replica_command=replica_command,
             capacity=capacity,
             clock=clock,
@@ -418,8 +432,8 @@ def test_gpu_replicas_see_only_their_own_devices(
 ) -> None:
     monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "0,1")  # whatever the daemon inherited must not leak through
 
-    def recording(launch: ReplicaLaunch, port: int) -> list[str]:
-        return command(stand_in, "--record-env", str(tmp_path / f"{launch.replica_id}.json"))(launch, port)
+    def recording(launch: ReplicaLaunch, listen: ReplicaListen) -> list[str]:
+        return command(stand_in, "--record-env", str(tmp_path / f"{launch.replica_id}.json"))(launch, listen)
 
     backend = make_backend(recording, capacity=MachineCapacity(cpu=8.0, mem=8 << 30, gpu=2))
     backend.launch(make_launch(tmp_path, "gpu-a", gpu=1, env={"MODEL_NAME": "bert"}))
@@ -529,3 +543,110 @@ def test_old_logs_of_exited_replicas_are_pruned_but_never_a_running_ones(
     exited = [name for name in kept if name.startswith("iris-old")]
     assert len(exited) == KEPT_LOGS_PER_API
     assert exited[0] == f"iris-old{5:02d}.log"
+
+
+# Unix sockets: each replica is told to serve one too; its address names it once it does
+
+
+@pytest.fixture
+def short_dir() -> Iterator[Path]:
+    with tempfile.TemporaryDirectory(prefix="mp-run-") as folder:
+        yield Path(folder)
+
+
+def test_a_replica_that_does_not_serve_its_unix_socket_is_reached_over_tcp(
+    tmp_path: Path, stand_in: Path, make_backend: BackendFactory, short_dir: Path
+) -> None:
+    given: list[ReplicaListen] = []
+
+    def recording(launch: ReplicaLaunch, listen: ReplicaListen) -> list[str]:
+        given.append(listen)
+        return command(stand_in)(launch, listen)  # the stand-in ignores it
+
+    backend = make_backend(recording, sockets_dir=short_dir / "run")
+    backend.launch(make_launch(tmp_path, "iris-a1"))
+    asyncio.run(poll_until(backend, phase_of("iris-a1", ReplicaPhase.READY)))
+
+    (listen,) = given
+    assert listen.unix_socket is not None and listen.unix_socket.parent == short_dir / "run"
+    address = by_id(backend, "iris-a1").address
+    assert address is not None and address.port == listen.port and address.path is None
+
+
+SQUARE = """
+class PythonPredictor:
+    def __init__(self, config):
+        pass
+
+    def predict(self, payload):
+        return {"square": payload["x"] ** 2}
+"""
+
+
+def real_launch(tmp_path: Path, replica_id: str) -> ReplicaLaunch:
+    """A launch of the real replica (`python -m modelport replica`): a project and its resolved spec file."""
+    project = tmp_path / "real"
+    project.mkdir(exist_ok=True)
+    (project / "predictor.py").write_text(SQUARE)
+    spec = ApiSpec.model_validate(
+        {"name": "square", "kind": "RealtimeAPI", "predictor": {"type": "python", "path": "predictor.py"}}
+    )
+    (project / "spec.json").write_text(spec.model_dump_json())
+    return ReplicaLaunch(
+        replica_id=ReplicaId(replica_id),
+        api_name=ApiName("square"),
+        revision=Revision("rev-1"),
+        generation=0,
+        project_dir=project,
+        spec_path=project / "spec.json",
+        spec=spec,
+    )
+
+
+def post_over_unix(path: str, payload: bytes) -> bytes:
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
+        sock.settimeout(10)
+        sock.connect(path)
+        head = b"POST /predict HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\nconnection: close\r\n"
+        sock.sendall(head + b"content-length: %d\r\n\r\n" % len(payload) + payload)
+        response = http.client.HTTPResponse(sock)
+        response.begin()
+        assert response.status == 200
+        return response.read()
+
+
+def test_a_real_replica_is_published_with_its_unix_socket_which_goes_when_it_exits(
+    tmp_path: Path, make_backend: BackendFactory
+) -> None:
+    # tmp_path is usually too long for a socket path under it: the backend then makes a short private folder.
+    backend = make_backend(default_replica_command)
+    backend.launch(real_launch(tmp_path, "square-a1"))
+    backend.launch(real_launch(tmp_path, "square-a2"))
+
+    async def scenario() -> None:
+        await poll_until(backend, lambda seen: all(r.phase is ReplicaPhase.READY for r in seen), within=30)
+
+    asyncio.run(scenario())
+    paths = {}
+    for replica_id in ("square-a1", "square-a2"):
+        address = by_id(backend, replica_id).address
+        assert address is not None and address.path is not None
+        assert stat.S_ISSOCK(os.lstat(address.path).st_mode) and len(os.fsencode(address.path)) <= 103
+        assert post_over_unix(address.path, b'{"x": 4}') == b'{"square":16}'
+        paths[replica_id] = Path(address.path)
+    assert paths["square-a1"] != paths["square-a2"]
+
+    # Drained: the replica removes its socket file itself. SIGKILLed: the backend removes it once reaped.
+    backend.terminate(ReplicaId("square-a1"), grace_seconds=10)
+    pid = by_id(backend, "square-a2").pid
+    assert pid is not None
+    os.killpg(pid, signal.SIGKILL)
+    asyncio.run(
+        poll_until(backend, lambda seen: all(r.phase is ReplicaPhase.EXITED for r in seen), within=30)
+    )
+    assert by_id(backend, "square-a1").exit_code == 0 and by_id(backend, "square-a2").exit_code == -9
+    assert not paths["square-a1"].exists() and not paths["square-a2"].exists()
+
+    asyncio.run(backend.shutdown(grace_seconds=0))
+    folder = paths["square-a1"].parent
+    assert not folder.exists() or folder == (tmp_path / "run")  # a private temporary folder is removed

@@ -12,11 +12,13 @@ import json
 import os
 import signal
 import socket
+import stat
 import subprocess
 import sys
+import tempfile
 import textwrap
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -108,10 +110,10 @@ def _write_project(root: Path, source: str, predictor: dict[str, Any]) -> Path:
     return root
 
 
-def _launch(project: Path, *, grace: float) -> Replica:
+def _launch(project: Path, *, grace: float, flags: Sequence[str] = ()) -> Replica:
     port = free_port()
     argv = ["--project-dir", str(project), "--spec", str(project / "spec.json"), "--port", str(port)]
-    argv += ["--replica-id", "r1", "--grace", str(grace)]
+    argv += ["--replica-id", "r1", "--grace", str(grace), *flags]
     with open(project / "stdout.log", "wb") as out, open(project / "stderr.log", "wb") as err:
         # Its own process group, as the local backend starts replicas (it signals the whole group).
         process = subprocess.Popen(
@@ -136,9 +138,9 @@ def _stop(replica: Replica) -> None:
 def start_replica(tmp_path: Path) -> Iterator[StartReplica]:
     started: list[Replica] = []
 
-    def start(source: str, *, grace: float = 10.0, **predictor: Any) -> Replica:
+    def start(source: str, *, grace: float = 10.0, flags: Sequence[str] = (), **predictor: Any) -> Replica:
         project = _write_project(tmp_path / f"project{len(started)}", source, predictor)
-        replica = _launch(project, grace=grace)
+        replica = _launch(project, grace=grace, flags=flags)
         started.append(replica)
         return replica
 
@@ -640,3 +642,109 @@ def test_concurrent_requests_are_batched_and_each_caller_gets_its_own_answer(
 
     replica.process.send_signal(signal.SIGTERM)  # a batching replica drains and stops like any other
     assert replica.exit_code() == 0
+
+
+# the Unix socket the local gateway forwards over (--uds)
+
+SQUARE = """
+import threading
+
+class PythonPredictor:
+    def __init__(self, config):
+        pass
+
+    def predict(self, payload):
+        return {"square": payload["x"] ** 2}
+"""
+
+
+class UnixHTTPConnection(http.client.HTTPConnection):
+    """http.client over a Unix domain socket (what the gateway's upstream pool does with a replica's path)."""
+
+    def __init__(self, path: Path) -> None:
+        super().__init__("localhost", timeout=30)
+        self._path = path
+
+    def connect(self) -> None:
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        sock.settimeout(30)
+        sock.connect(str(self._path))
+        self.sock = sock
+
+
+def over_unix(path: Path, method: str, target: str, body: bytes | None = None) -> HttpReply:
+    connection = UnixHTTPConnection(path)
+    try:
+        headers = {"Content-Type": "application/json"} if body is not None else {}
+        connection.request(method, target, body=body, headers=headers)
+        response = connection.getresponse()
+        return HttpReply(response.status, {k.lower(): v for k, v in response.getheaders()}, response.read())
+    finally:
+        connection.close()
+
+
+@pytest.fixture
+def socket_dir() -> Iterator[Path]:
+    # Short on purpose: a Unix socket path must fit in 108 bytes, and pytest's tmp_path can be long.
+    with tempfile.TemporaryDirectory(prefix="mp-uds-") as folder:
+        yield Path(folder)
+
+
+def test_serves_the_same_requests_over_a_unix_socket_and_removes_it_on_exit(
+    start_replica: StartReplica, socket_dir: Path
+) -> None:
+    path = socket_dir / "r1.sock"
+    replica = start_replica(SQUARE, flags=["--uds", str(path)])
+    replica.wait_ready()
+    assert stat.S_ISSOCK(path.lstat().st_mode)
+    over_socket = over_unix(path, "POST", "/predict", json.dumps({"x": 7}).encode())
+    assert (over_socket.status, over_socket.json()) == (200, {"square": 49})
+    assert over_socket.json() == replica.predict({"x": 7}).json()  # TCP serves the same
+    assert over_unix(path, "GET", "/readyz").status == 200
+    assert str(path) in replica.stderr()  # the start-up line names it
+
+    os.kill(replica.process.pid, signal.SIGTERM)
+    assert replica.exit_code() == 0
+    assert not path.exists()
+
+
+def test_a_socket_file_left_by_a_killed_replica_is_replaced(
+    start_replica: StartReplica, socket_dir: Path
+) -> None:
+    path = socket_dir / "r1.sock"
+    first = start_replica(SQUARE, flags=["--uds", str(path)])
+    first.wait_ready()
+    first.process.kill()  # SIGKILL: no chance to remove its socket file
+    first.process.wait(timeout=10)
+    assert path.exists()
+
+    second = start_replica(SQUARE, flags=["--uds", str(path)])
+    second.wait_ready()
+    assert over_unix(path, "POST", "/predict", b'{"x": 3}').json() == {"square": 9}
+
+
+def test_a_file_that_is_not_a_socket_is_left_alone_and_the_replica_exits_4(
+    start_replica: StartReplica, socket_dir: Path
+) -> None:
+    path = socket_dir / "notes.txt"
+    path.write_text("mine")
+    replica = start_replica(SQUARE, flags=["--uds", str(path)])
+    assert replica.exit_code() == 4
+    assert f"cannot listen on the Unix socket {path}" in replica.stderr()
+    assert path.read_text() == "mine"
+
+
+def test_a_unix_socket_path_too_long_for_the_kernel_exits_2(start_replica: StartReplica) -> None:
+    path = "/tmp/" + "d" * 120 + "/r1.sock"
+    replica = start_replica(SQUARE, flags=["--uds", path])
+    assert replica.exit_code() == 2
+    assert "choose a shorter path" in replica.stderr()
+
+
+@pytest.mark.skipif(not hasattr(os, "SCHED_BATCH"), reason="the batch scheduling class is Linux's")
+def test_replica_processes_run_in_the_batch_scheduling_class(start_replica: StartReplica) -> None:
+    replica = start_replica(SQUARE, processes_per_replica=2)
+    replica.wait_ready()
+    family = [replica.process.pid, *(c.pid for c in psutil.Process(replica.process.pid).children())]
+    assert len(family) == 2
+    assert {os.sched_getscheduler(pid) for pid in family} == {os.SCHED_BATCH}

@@ -2,18 +2,25 @@
 
 The local cluster daemon (modelport.cluster) builds one `LocalBackend`; the controller drives it through the
 `Backend` port (controller/ports.py), calling `poll()` every tick and `shutdown()` when the daemon stops.
+Each replica also serves on a Unix domain socket (`--uds`; in the cluster home's `run` folder, or in a private
+temporary folder when that path is too long for a socket), published in its Address once it is ready: the
+gateway forwards over it (cheaper than loopback TCP); probes use TCP.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import logging
 import os
+import shutil
 import signal
 import socket
+import stat
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
@@ -31,7 +38,16 @@ from modelport.types import Address, ApiKind, ReplicaId, ReplicaPhase, WorkloadR
 
 logger = logging.getLogger(__name__)
 
-ReplicaCommand = Callable[[ReplicaLaunch, int], list[str]]
+
+@dataclass(frozen=True, slots=True)
+class ReplicaListen:
+    """Where a replica process is told to listen: a TCP port, and a Unix socket path when there is one."""
+
+    port: int
+    unix_socket: Path | None = None
+
+
+ReplicaCommand = Callable[[ReplicaLaunch, ReplicaListen], list[str]]
 WorkerCommand = Callable[[ReplicaLaunch, str], list[str]]  # (launch, control API URL)
 
 # The replica's own drain budget (`--grace`): in-flight requests get this long after SIGTERM. The controller's
@@ -43,19 +59,24 @@ SPAWN_FAILED_EXIT_CODE = 127
 # How often shutdown() looks for exited replicas, and how long it waits for SIGKILLed ones to be reaped.
 _SHUTDOWN_STEP_SECONDS = 0.02
 _REAP_AFTER_KILL_SECONDS = 10.0
+# sockaddr_un's sun_path: 108 bytes on Linux, 104 on macOS, the terminating NUL included.
+_MAX_UNIX_SOCKET_PATH_BYTES = 103
 
 
-def default_replica_command(launch: ReplicaLaunch, port: int) -> list[str]:
+def default_replica_command(launch: ReplicaLaunch, listen: ReplicaListen) -> list[str]:
     """`python -m modelport replica ...`: the hidden command that runs modelport.runtime for one replica."""
-    return [
+    command = [
         sys.executable, "-m", "modelport", "replica",
         "--project-dir", str(launch.project_dir),
         "--spec", str(launch.spec_path),
         "--host", "127.0.0.1",
-        "--port", str(port),
+        "--port", str(listen.port),
         "--replica-id", launch.replica_id,
         "--grace", f"{REPLICA_DRAIN_SECONDS:g}",
     ]  # fmt: skip
+    if listen.unix_socket is not None:
+        command += ["--uds", str(listen.unix_socket)]
+    return command
 
 
 def default_worker_command(launch: ReplicaLaunch, control_url: str) -> list[str]:
@@ -81,6 +102,7 @@ class _Replica:
     address: Address | None
     log_path: Path
     started_at: float  # wall clock
+    unix_socket: Path | None = None  # where it was told to serve too; published once ready, removed on exit
     phase: ReplicaPhase = ReplicaPhase.STARTING
     ready_at: float | None = None  # wall clock
     exit_code: int | None = None
@@ -126,8 +148,14 @@ class LocalBackend:
         health_interval: float = 2.0,
         health_failure_threshold: int = 3,
         capacity: MachineCapacity | None = None,
+        sockets_dir: Path | None = None,
     ) -> None:
+        """`sockets_dir`: where replicas' Unix sockets go (default: `run` next to `logs_dir`, i.e. in the
+        cluster's home); when its paths would be too long for a Unix socket (108 bytes), a private folder in
+        the system's temporary folder is used instead, and removed by `shutdown`."""
         self._logs_dir = logs_dir
+        self._sockets_dir = sockets_dir if sockets_dir is not None else logs_dir.parent / "run"
+        self._spare_sockets_dir: Path | None = None  # made when the sockets folder's paths are too long
         self._clock: Clock = clock if clock is not None else SystemClock()
         self._host = host
         self._replica_command = replica_command
@@ -202,6 +230,9 @@ class LocalBackend:
             for replica in self._live():
                 self._kill(replica, reason="shutdown was cancelled")
             raise
+        if self._spare_sockets_dir is not None and not self._live():
+            shutil.rmtree(self._spare_sockets_dir, ignore_errors=True)
+            self._spare_sockets_dir = None
 
     async def _wait_for_exits(self, grace_seconds: float) -> None:
         # Real time, not the injected clock: this waits for real processes, with real sleeps.
@@ -240,22 +271,52 @@ class LocalBackend:
         for _, old in finished[KEPT_LOGS_PER_API:]:
             old.unlink(missing_ok=True)
 
-    def _command(self, launch: ReplicaLaunch) -> tuple[list[str], int | None, Path]:
-        """The process's command line, its port (None for workers, which serve no HTTP) and its log file."""
+    def _command(self, launch: ReplicaLaunch) -> tuple[list[str], ReplicaListen | None, Path]:
+        """The process's command line, where it listens (None for workers, which serve no HTTP) and its log
+        file."""
         folder = self._logs_dir / launch.api_name
         if launch.role is not WorkloadRole.REPLICA:
             if self._control_url is None or launch.job_id is None:
                 raise ConflictError(f"cannot start worker {launch.replica_id}: no control API URL or job")
             folder = folder / "jobs" / launch.job_id
             return self._worker_command(launch, self._control_url), None, folder / f"{launch.replica_id}.log"
-        port = _free_port(self._host)
-        command = self._replica_command(launch, port)
+        listen = ReplicaListen(port=_free_port(self._host), unix_socket=self._unix_socket(launch.replica_id))
+        command = self._replica_command(launch, listen)
         if launch.spec.kind is ApiKind.ASYNC and self._control_url is not None:
             command = [*command, "--control-url", self._control_url]
-        return command, port, folder / f"{launch.replica_id}.log"
+        return command, listen, folder / f"{launch.replica_id}.log"
+
+    def _unix_socket(self, replica_id: ReplicaId) -> Path | None:
+        """Where the replica also serves: a short name (a hash of the id, which can be long) in the sockets
+        folder, or in a private folder under the system's temporary folder when that path would be too long
+        for a Unix socket. None (TCP only) when neither folder can be made."""
+        name = f"{hashlib.blake2b(replica_id.encode(), digest_size=8).hexdigest()}.sock"
+        for folder in (self._sockets_dir.absolute(), self._spare_sockets_dir):
+            if folder is None:
+                try:
+                    folder = self._spare_sockets_dir = Path(tempfile.mkdtemp(prefix="modelport-"))
+                except OSError as exc:
+                    logger.info(
+                        "replica %s serves TCP only: no folder for its Unix socket: %s", replica_id, exc
+                    )
+                    return None
+            path = folder / name
+            if len(os.fsencode(path)) > _MAX_UNIX_SOCKET_PATH_BYTES:
+                continue
+            try:
+                folder.mkdir(mode=0o700, parents=True, exist_ok=True)
+            except OSError as exc:
+                logger.info("cannot create %s for Unix sockets: %s", folder, exc)
+                continue
+            return path
+        logger.info(
+            "replica %s serves TCP only: no folder with a path short enough for a Unix socket", replica_id
+        )
+        return None
 
     def _spawn(self, launch: ReplicaLaunch, gpus: tuple[int, ...]) -> _Replica:
-        command, port, log_path = self._command(launch)
+        command, listen, log_path = self._command(launch)
+        port = None if listen is None else listen.port
         log_path.parent.mkdir(parents=True, exist_ok=True)
         self._prune_logs(log_path.parent)
         started_at = self._clock.wall()
@@ -312,6 +373,7 @@ class LocalBackend:
             address=Address(self._host, port),
             log_path=log_path,
             started_at=started_at,
+            unix_socket=None if listen is None else listen.unix_socket,
         )
 
     def _environment(self, launch: ReplicaLaunch, gpus: tuple[int, ...]) -> dict[str, str]:
@@ -353,6 +415,9 @@ class LocalBackend:
             replica.exit_code = exit_code
             replica.kill_at = None
             self._ledger.release(replica.replica_id)
+            if replica.unix_socket is not None:  # the replica removes it on a clean exit, not when killed
+                with contextlib.suppress(OSError):
+                    replica.unix_socket.unlink(missing_ok=True)
             _append_line(
                 replica.log_path,
                 f"=== replica {replica.replica_id} exited with code {_describe(exit_code)} ===",
@@ -380,6 +445,7 @@ class LocalBackend:
             if path == "/readyz":
                 if replica.phase is ReplicaPhase.STARTING and status == 200:
                     replica.phase = ReplicaPhase.READY
+                    replica.address = _with_unix_socket(replica.address, replica.unix_socket)
                     replica.ready_at = self._clock.wall()
                     replica.next_health_check = self._clock.monotonic() + self._health_interval
             elif replica.phase is ReplicaPhase.READY:
@@ -468,6 +534,19 @@ def _exited_unreaped(pid: int) -> bool:
         return psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
     except psutil.NoSuchProcess:
         return True
+
+
+def _with_unix_socket(address: Address | None, path: Path | None) -> Address | None:
+    """The ready replica's address, with its Unix socket when it serves one (it bound the socket before it
+    could answer /readyz; a replica command that ignored --uds never created it and is reached over TCP)."""
+    if address is None or path is None:
+        return address
+    try:
+        if not stat.S_ISSOCK(path.lstat().st_mode):
+            return address
+    except OSError:
+        return address
+    return Address(address.host, address.port, path=str(path))
 
 
 def _free_port(host: str) -> int:

@@ -124,7 +124,12 @@ async def run_daemon(settings: Settings) -> int:
     try:
         _reap_leftovers(store)
 
-        backend = LocalBackend(logs_dir=settings.logs_dir, clock=clock, control_url=settings.control_url)
+        backend = LocalBackend(
+            logs_dir=settings.logs_dir,
+            sockets_dir=settings.home / "run",
+            clock=clock,
+            control_url=settings.control_url,
+        )
         gateway = Gateway(clock=clock)
         scheduler = JobScheduler(
             store=job_store, clock=clock, visibility_seconds=settings.job_visibility_seconds

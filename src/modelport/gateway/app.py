@@ -2,13 +2,19 @@
 
 Created and driven by modelport.cluster.daemon: the controller publishes routes into it and reads its traffic
 counters; HTTP clients send predictions through it to replicas.
+
+The hot path (a POST to a realtime API with a replica free and a warm connection to it) runs without a
+coroutine: `dispatch` picks the replica, hands the request bytes to the upstream pool and returns a Future
+that the pool's response callback fills. Anything slower (connecting, retrying, holding, submissions) is a
+coroutine, which the HTTP server runs as a Task.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
+from functools import partial
 from typing import Protocol
 
 from modelport.clock import Clock, SystemClock
@@ -18,7 +24,8 @@ from modelport.gateway.holding import HoldEnd
 from modelport.gateway.metrics import CONTENT_TYPE, MetricsSample, render_metrics
 from modelport.gateway.retry import NO_OTHER_REPLICA, FailedAttempt, Next, after_failure, failure_message
 from modelport.gateway.routing import WAITING_WONT_HELP, ApiState, RouteTable
-from modelport.gateway.upstream import FailureStage, UpstreamError, UpstreamPool
+from modelport.gateway.upstream import FailureStage, Outcome, UpstreamError, UpstreamPool, UpstreamResponse
+from modelport.http.scheduling import use_batch_scheduling
 from modelport.http.server import HttpServer, Request, Response, error_response, json_response
 from modelport.types import Address, ApiKind, ApiName, ApiRoute, ApiTraffic, ReplicaTarget
 
@@ -61,7 +68,7 @@ class Gateway:
         self._draining = False
         self._table = RouteTable()
         self._pool = UpstreamPool(connect_timeout=upstream_connect_timeout)
-        self._server = HttpServer(self.handle, on_handler_error=_log_handler_error)
+        self._server = HttpServer(self.dispatch, on_handler_error=_log_handler_error)
         # The gateway's own paths, GET and HEAD only; checked before API endpoints, so no API can shadow them.
         self._own_routes: dict[str, Callable[[], Response]] = {
             "/healthz": lambda: json_response(200, {"status": "ok"}),
@@ -83,6 +90,9 @@ class Gateway:
 
     # Lifecycle
     async def start(self, *, host: str, port: int) -> Address:
+        """Listen on host:port. The calling thread (the event loop's) joins the kernel's batch scheduling
+        class (modelport.http.scheduling: a gateway and its local replicas share cores)."""
+        use_batch_scheduling()
         return await self._server.start(host=host, port=port)
 
     def stop_accepting(self) -> None:
@@ -102,7 +112,15 @@ class Gateway:
 
     # The data plane
     async def handle(self, request: Request) -> Response:
-        """The HttpServer handler: the whole route table. HEAD answers as GET (the server drops the body)."""
+        """`dispatch`, awaited."""
+        answer = self.dispatch(request)
+        return answer if isinstance(answer, Response) else await answer
+
+    def dispatch(self, request: Request) -> Response | Awaitable[Response]:
+        """The HttpServer handler: the whole route table. HEAD answers as GET (the server drops the body).
+
+        Answers at once where it can; a forwarded request's answer is a Future (or a coroutine off the hot
+        path)."""
         start = self._clock.monotonic()
         path, method = request.path, request.method
         own = self._own_routes.get(path)
@@ -116,12 +134,12 @@ class Gateway:
             parent, _, item = path.rstrip("/").rpartition("/")
             state = self._table.lookup(parent) if parent and item else None
             if state is not None and state.route.kind is not ApiKind.REALTIME:
-                return await self._submission(state, request, item, start)
+                return self._submission(state, request, item, start)
             response = error_response(404, f"no API is deployed at {path}", apis=self._table.endpoints())
         elif state.route.kind is not ApiKind.REALTIME:
-            return await self._submission(state, request, None, start)
+            return self._submission(state, request, None, start)
         elif method == "POST":
-            return await self._forward(state, request, start)
+            return self._forward(state, request, start)
         elif method == "GET" or method == "HEAD":
             response = self._summary(state)
         elif method == "OPTIONS":
@@ -145,7 +163,7 @@ class Gateway:
             response = await self._submissions.handle_submission(state.route, request, item)
         return self._counted(state, start, _cross_origin(request, response))
 
-    async def _forward(self, state: ApiState, request: Request, start: float) -> Response:
+    def _forward(self, state: ApiState, request: Request, start: float) -> Response | Awaitable[Response]:
         route = state.route
         if route.replicas:
             target = state.pick()
@@ -157,25 +175,73 @@ class Gateway:
                 response = json_response(503, {"error": message}, headers=_RETRY_AFTER)
                 return self._counted(state, start, _cross_origin(request, response))
             state.acquire(target.replica_id)
-        elif not state.holds():
+            return self._send(state, request, target, start=start)
+        if not state.holds():
             return self._counted(state, start, _cross_origin(request, _not_ready(route)))
-        else:
-            outcome = HoldEnd.SHUTDOWN if self._draining else await state.hold(asyncio.get_running_loop())
-            if not isinstance(outcome, ReplicaTarget):
-                response = _cross_origin(request, _unheld(route, outcome, latest=state.route))
-                return self._counted(state, start, response)
-            target = outcome  # its slot is ours already
-        return await self._send(state, request, target, start=start)
+        return self._forward_held(state, request, start)
 
-    async def _send(
-        self, state: ApiState, request: Request, target: ReplicaTarget, *, start: float
-    ) -> Response:
-        """Send to `target`, whose slot this request holds, and release the slot once answered. A retry on
-        another replica takes the new slot before it gives the old one back: a held request woken by the
-        freed slot cannot push a replica past max_replica_concurrency."""
+    async def _forward_held(self, state: ApiState, request: Request, start: float) -> Response:
         route = state.route
+        outcome = HoldEnd.SHUTDOWN if self._draining else await state.hold(asyncio.get_running_loop())
+        if not isinstance(outcome, ReplicaTarget):
+            response = _cross_origin(request, _unheld(route, outcome, latest=state.route))
+            return self._counted(state, start, response)
+        return await self._send(state, request, outcome, start=start)  # its slot is ours already
+
+    def _send(
+        self, state: ApiState, request: Request, target: ReplicaTarget, *, start: float
+    ) -> Awaitable[Response]:
+        """Send to `target`, whose slot this request holds; the slot is released once answered.
+
+        On a warm idle connection the answer is a Future that `_answered` fills from the pool's callback; else
+        (and after a failure) `_send_slowly` connects and applies the retry policy."""
         forwarded = forward_request(request)
         parts = (forwarded.head, request.body)
+        answer: asyncio.Future[Response] = asyncio.get_running_loop().create_future()
+        on_done = partial(self._answered, answer, state, forwarded, parts, target, start)
+        if self._pool.send_now(target.address, parts, on_done):
+            return answer
+        return self._send_slowly(state, forwarded, parts, target, start=start)
+
+    def _answered(
+        self,
+        answer: asyncio.Future[Response],
+        state: ApiState,
+        forwarded: ForwardedRequest,
+        parts: tuple[bytes, bytes],
+        target: ReplicaTarget,
+        start: float,
+        outcome: Outcome,
+    ) -> None:
+        """The pool's callback for a request sent by `_send`: answer, or go on with the retry policy."""
+        if isinstance(outcome, UpstreamResponse):
+            state.release(target.replica_id)
+            if not answer.done():  # done: cancelled by drain, nobody waits for the answer any more
+                answer.set_result(self._upstream_response(state, forwarded, outcome, start=start))
+            return
+        if answer.done():
+            state.release(target.replica_id)
+            return
+        retry = asyncio.ensure_future(
+            self._send_slowly(state, forwarded, parts, target, start=start, failed=outcome)
+        )
+        retry.add_done_callback(partial(_settle_from, answer))
+        answer.add_done_callback(partial(_cancel_with, retry))
+
+    async def _send_slowly(
+        self,
+        state: ApiState,
+        forwarded: ForwardedRequest,
+        parts: tuple[bytes, bytes],
+        target: ReplicaTarget,
+        *,
+        start: float,
+        failed: UpstreamError | None = None,
+    ) -> Response:
+        """Send to `target` (a connection may have to be opened), or go on from the first attempt's failure.
+        A retry on another replica takes the new slot before it gives the old one back: a held request woken
+        by the freed slot cannot push a replica past max_replica_concurrency."""
+        route = state.route
         # The failure path only: the request's writes to replicas (the retry policy's budget) and what failed.
         sends = 0
         attempts: tuple[FailedAttempt, ...] = ()
@@ -183,17 +249,15 @@ class Gateway:
         try:
             while True:
                 replica = target.replica_id
-                try:
-                    upstream = await self._pool.request(target.address, parts, fresh=fresh)
-                except UpstreamError as exc:
-                    failure = exc
+                if failed is not None:
+                    failure, failed = failed, None
                 else:
-                    response = Response(
-                        status=upstream.status, raw=upstream.raw, close_connection=not upstream.keep_alive
-                    )
-                    if forwarded.has_origin:
-                        allow_any_origin(response)
-                    return self._counted(state, start, response)
+                    try:
+                        upstream = await self._pool.request(target.address, parts, fresh=fresh)
+                    except UpstreamError as exc:
+                        failure = exc
+                    else:
+                        return self._upstream_response(state, forwarded, upstream, start=start)
 
                 attempts += (FailedAttempt(replica=replica, failure=failure),)
                 if failure.stage is FailureStage.CONNECT:
@@ -221,6 +285,16 @@ class Gateway:
                 )
         finally:
             state.release(target.replica_id)
+
+    def _upstream_response(
+        self, state: ApiState, forwarded: ForwardedRequest, upstream: UpstreamResponse, *, start: float
+    ) -> Response:
+        """The replica's response, passed through byte for byte."""
+        close = not upstream.keep_alive
+        response = Response(status=upstream.status, raw=upstream.raw, close_connection=close)
+        if forwarded.has_origin:
+            allow_any_origin(response)
+        return self._counted(state, start, response)
 
     def _failed(
         self,
@@ -315,6 +389,23 @@ def _not_ready(route: ApiRoute) -> Response:
 def _cross_origin(request: Request, response: Response) -> Response:
     """Mark a response the gateway built when the request carried Origin (forwarding knows it already)."""
     return allow_any_origin(response) if request.header(b"origin") is not None else response
+
+
+def _settle_from(answer: asyncio.Future[Response], retry: asyncio.Future[Response]) -> None:
+    """Carry the retry's outcome over to the answer the HTTP server waits for."""
+    if answer.done():
+        return
+    if retry.cancelled():
+        answer.cancel()
+    elif (exc := retry.exception()) is not None:
+        answer.set_exception(exc)
+    else:
+        answer.set_result(retry.result())
+
+
+def _cancel_with(retry: asyncio.Future[Response], answer: asyncio.Future[Response]) -> None:
+    if answer.cancelled():  # drained: the retry has nobody to answer
+        retry.cancel()
 
 
 def _log_handler_error(exc: BaseException) -> None:

@@ -36,12 +36,12 @@ _CONNECTION_OPTIONS = frozenset((b"close", b"keep-alive"))
 
 # Request ids: unique per gateway process without a uuid4 (and its getrandom syscall) per request: a random
 # 64-bit prefix drawn once, then a counter. 32 hex characters like a uuid4's hex.
-_ID_PREFIX = os.urandom(8).hex()
+_ID_PREFIX = os.urandom(8).hex().encode()
 _ID_COUNTER = itertools.count(1)
 
 
 def new_request_id() -> bytes:
-    return f"{_ID_PREFIX}{next(_ID_COUNTER):016x}".encode()
+    return b"%s%016x" % (_ID_PREFIX, next(_ID_COUNTER))
 
 
 @dataclass(frozen=True, slots=True)

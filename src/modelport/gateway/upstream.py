@@ -2,7 +2,11 @@
 
 Used by gateway.app.Gateway for every forwarded request. Request bytes go out as built; response bytes come
 back verbatim: httptools only finds where the response ends and reads its status (hop-probe.md: a
-general-purpose client here costs 2-10x the CPU of the whole hop).
+general-purpose client here costs 2-10x the CPU of the whole hop). A replica whose Address has a Unix socket
+`path` is reached over it (local replicas: cheaper than loopback TCP), any other over TCP.
+
+Two ways in: `send_now` answers through a callback, called from the protocol's own callbacks, when a warm
+connection is idle (the hot path: no coroutine, no future); `request` is the awaitable that also connects.
 """
 
 from __future__ import annotations
@@ -15,7 +19,7 @@ from collections import deque
 from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass
 from enum import StrEnum
-from typing import cast
+from typing import TypeAlias, cast
 
 import httptools  # type: ignore[import-untyped,unused-ignore]
 
@@ -49,33 +53,35 @@ class UpstreamError(Exception):
         self.stage = stage
 
 
+Outcome: TypeAlias = UpstreamResponse | UpstreamError
+OnOutcome = Callable[[Outcome], None]
+
+
 class _UpstreamConnection(asyncio.Protocol):
-    """One TCP connection to a replica, carrying one request at a time (no pipelining)."""
+    """One connection to a replica (TCP or Unix), carrying one request at a time (no pipelining)."""
 
     __slots__ = (
         "_chunks",
         "_framed",
         "_headers_done",
         "_keep_alive",
-        "_loop",
-        "_on_lost",
+        "_on_done",
         "_parser",
+        "_pool",
         "_status",
         "_transport",
-        "_waiter",
         "address",
         "closed",
         "sending",
     )
 
-    def __init__(self, address: Address, on_lost: Callable[[_UpstreamConnection], None]) -> None:
+    def __init__(self, address: Address, pool: UpstreamPool) -> None:
         self.address = address
         self.closed = False
-        self._on_lost = on_lost
-        self._loop = asyncio.get_running_loop()
+        self._pool = pool
         self._transport: asyncio.Transport | None = None
         self._parser = httptools.HttpResponseParser(self)
-        self._waiter: asyncio.Future[UpstreamResponse] | None = None
+        self._on_done: OnOutcome | None = None
         self._chunks: list[bytes] = []
         self._status = 0
         self._keep_alive = True
@@ -87,13 +93,13 @@ class _UpstreamConnection(asyncio.Protocol):
         """False once the replica's EOF or reset was seen (or we closed it): it must not carry a request."""
         return self._transport is not None and not self._transport.is_closing()
 
-    def send(self, parts: Sequence[bytes]) -> asyncio.Future[UpstreamResponse]:
-        """Write one request; the future resolves with its complete response or an UpstreamError."""
+    def send(self, parts: Sequence[bytes], on_done: OnOutcome) -> None:
+        """Write one request; `on_done` gets its complete response or an UpstreamError, once, after the pool
+        has kept or closed the connection. Raises UpstreamError if the connection is closed already."""
         transport = self._transport
         if transport is None or transport.is_closing():
             raise UpstreamError("closed the connection before the request was sent", stage=FailureStage.SEND)
-        waiter: asyncio.Future[UpstreamResponse] = self._loop.create_future()
-        self._waiter = waiter
+        self._on_done = on_done
         self._chunks = []
         self._framed = False
         self._headers_done = False
@@ -103,7 +109,6 @@ class _UpstreamConnection(asyncio.Protocol):
         transport.writelines(parts)
         if transport.is_closing():
             self.sending = True  # the write itself failed; connection_lost() follows with the error
-        return waiter
 
     def close(self) -> None:
         if self._transport is not None:
@@ -119,7 +124,7 @@ class _UpstreamConnection(asyncio.Protocol):
         # uvloop's transports are not asyncio.Transport subclasses, but have the same interface.
         self._transport = cast(asyncio.Transport, transport)
         sock = transport.get_extra_info("socket")
-        if sock is not None:
+        if sock is not None and sock.family in (socket.AF_INET, socket.AF_INET6):
             with contextlib.suppress(OSError):
                 sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         # pause_writing()/resume_writing() then tell exactly when a request is still partly unwritten: a
@@ -135,15 +140,20 @@ class _UpstreamConnection(asyncio.Protocol):
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
         self._transport = None
-        waiter, self._waiter = self._waiter, None
-        if waiter is not None and not waiter.done():
+        if self._on_done is not None:
             if self._headers_done and not self._framed:
                 # No content-length and not chunked: the body ends where the connection ends.
                 raw = b"".join(self._chunks)
-                waiter.set_result(UpstreamResponse(status=self._status, raw=raw, keep_alive=False))
+                self._finish(UpstreamResponse(status=self._status, raw=raw, keep_alive=False))
             else:
-                waiter.set_exception(self._lost(exc))
-        self._on_lost(self)
+                self._finish(self._lost(exc))
+        self._pool._discard(self)
+
+    def _finish(self, outcome: Outcome) -> None:
+        on_done, self._on_done = self._on_done, None
+        self._pool._settle(self, outcome)
+        if on_done is not None:
+            on_done(outcome)
 
     def _lost(self, exc: Exception | None) -> UpstreamError:
         if exc is None:
@@ -158,7 +168,7 @@ class _UpstreamConnection(asyncio.Protocol):
         return UpstreamError(f"{what} before answering", stage=FailureStage.AWAIT)
 
     def data_received(self, data: bytes) -> None:
-        if self._waiter is None:
+        if self._on_done is None:
             # Bytes nobody asked for: the stream is out of step, so the connection is useless.
             self.abort()
             return
@@ -166,11 +176,8 @@ class _UpstreamConnection(asyncio.Protocol):
         try:
             self._parser.feed_data(data)
         except httptools.HttpParserError as exc:
-            waiter, self._waiter = self._waiter, None
-            if waiter is not None and not waiter.done():
-                waiter.set_exception(
-                    UpstreamError(f"sent a malformed response ({exc})", stage=FailureStage.RESPONSE)
-                )
+            if self._on_done is not None:
+                self._finish(UpstreamError(f"sent a malformed response ({exc})", stage=FailureStage.RESPONSE))
             self.abort()
 
     # httptools callbacks; no on_body: the body is forwarded from the raw chunks
@@ -185,11 +192,10 @@ class _UpstreamConnection(asyncio.Protocol):
         self._keep_alive = self._parser.should_keep_alive()
 
     def on_message_complete(self) -> None:
-        waiter, self._waiter = self._waiter, None
-        raw = b"".join(self._chunks)
-        self._chunks = []
-        if waiter is not None and not waiter.done():
-            waiter.set_result(UpstreamResponse(status=self._status, raw=raw, keep_alive=self._keep_alive))
+        chunks, self._chunks = self._chunks, []
+        raw = chunks[0] if len(chunks) == 1 else b"".join(chunks)
+        if self._on_done is not None:
+            self._finish(UpstreamResponse(status=self._status, raw=raw, keep_alive=self._keep_alive))
 
 
 class UpstreamPool:
@@ -214,6 +220,16 @@ class UpstreamPool:
         """Close every idle connection; connections still busy close when their response arrives."""
         self.retain(())
 
+    def send_now(self, address: Address, parts: Sequence[bytes], on_done: OnOutcome) -> bool:
+        """Send one request on the warmest idle connection to `address` that is still open, if there is
+        one, and return True: `on_done` gets the response or the UpstreamError later, once. False when no
+        connection is idle (nothing was sent: use `request`)."""
+        conn = self._take_idle(address)
+        if conn is None:
+            return False
+        conn.send(parts, on_done)
+        return True
+
     async def request(
         self, address: Address, parts: Sequence[bytes], *, fresh: bool = False
     ) -> UpstreamResponse:
@@ -223,25 +239,42 @@ class UpstreamPool:
         is skipped: it never carries the request), or on a new connection, always a new one when `fresh`.
         Whether to send it again is the caller's decision: this never re-sends.
         """
-        if not fresh:
-            idle = self._idle.get(address)
-            while idle:
-                conn = idle.pop()
-                if conn.is_open():
-                    return await self._exchange(conn, parts)
-        return await self._exchange(await self._connect(address), parts)
+        conn = None if fresh else self._take_idle(address)
+        if conn is None:
+            conn = await self._connect(address)
+        answered: asyncio.Future[Outcome] = asyncio.get_running_loop().create_future()
 
-    async def _exchange(self, conn: _UpstreamConnection, parts: Sequence[bytes]) -> UpstreamResponse:
-        waiter = conn.send(parts)
+        def on_done(outcome: Outcome) -> None:
+            if not answered.done():  # cancelled meanwhile: nobody waits for it
+                answered.set_result(outcome)
+
+        conn.send(parts, on_done)
         try:
-            response = await waiter
+            outcome = await answered
         except BaseException:
-            conn.abort()  # failed or cancelled mid-exchange: the stream is out of step
+            conn.abort()  # cancelled mid-exchange: the stream is out of step
             raise
+        if isinstance(outcome, UpstreamError):
+            raise outcome
+        return outcome
+
+    def _take_idle(self, address: Address) -> _UpstreamConnection | None:
+        idle = self._idle.get(address)
+        while idle:
+            conn = idle.pop()
+            if conn.is_open():
+                return conn
+        return None
+
+    def _settle(self, conn: _UpstreamConnection, outcome: Outcome) -> None:
+        """After an exchange: a connection goes back to the idle list only when its stream is in step."""
+        if isinstance(outcome, UpstreamError):
+            conn.abort()  # failed mid-exchange: the stream is out of step
+            return
         # A connection whose request is still being written (the replica answered early) is out of step too.
-        if not response.keep_alive or conn.closed or conn.sending or conn.address not in self._wanted:
+        if not outcome.keep_alive or conn.closed or conn.sending or conn.address not in self._wanted:
             conn.close()
-            return response
+            return
         idle = self._idle.get(conn.address)
         if idle is None:
             idle = self._idle[conn.address] = deque()
@@ -249,24 +282,29 @@ class UpstreamPool:
             idle.append(conn)
         else:
             conn.close()
-        return response
 
     async def _connect(self, address: Address) -> _UpstreamConnection:
         loop = asyncio.get_running_loop()
+        where = str(address) if address.path is None else address.path
         try:
             async with asyncio.timeout(self._connect_timeout):
-                _, conn = await loop.create_connection(
-                    lambda: _UpstreamConnection(address, self._discard), address.host, address.port
-                )
+                if address.path is not None:
+                    _, conn = await loop.create_unix_connection(
+                        lambda: _UpstreamConnection(address, self), address.path
+                    )
+                else:
+                    _, conn = await loop.create_connection(
+                        lambda: _UpstreamConnection(address, self), address.host, address.port
+                    )
         except TimeoutError:
             raise UpstreamError(
-                f"did not accept a connection at {address} within {self._connect_timeout:g}s",
+                f"did not accept a connection at {where} within {self._connect_timeout:g}s",
                 stage=FailureStage.CONNECT,
             ) from None
         except OSError as exc:
             reason = os.strerror(exc.errno).lower() if exc.errno else str(exc)
             raise UpstreamError(
-                f"could not be reached at {address} ({reason})", stage=FailureStage.CONNECT
+                f"could not be reached at {where} ({reason})", stage=FailureStage.CONNECT
             ) from None
         return conn
 

@@ -1,9 +1,13 @@
-"""A lean HTTP/1.1 server: asyncio protocol + httptools parsing, one handler coroutine per request.
+"""A lean HTTP/1.1 server: asyncio protocol + httptools parsing, on TCP and Unix domain sockets.
 
 Shared by the replica runtime, the gateway and the control API. It owns sockets, parsing, keep-alive,
 pipelining order, `Expect: 100-continue`, body limits and graceful drain; it knows nothing about routes
 (the handler decides) or about modelport's domain. Chosen over Starlette/uvicorn by measurement: see
 shared/reference/hop-probe.md (about 3x less CPU per request on this machine kind).
+
+A handler answers with a Response at once, with a Future that will hold one, or with a coroutine (run as a
+Task). Only a coroutine costs a Task: the hot paths (a gateway forward, a replica predict) answer with a
+Future or at once, and the response is written from the future's done callback.
 """
 
 from __future__ import annotations
@@ -12,10 +16,11 @@ import asyncio
 import contextlib
 import socket
 from collections import deque
-from collections.abc import Callable, Coroutine, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
+from functools import partial
 from http import HTTPStatus
-from typing import Any, cast
+from typing import cast
 from urllib.parse import parse_qsl
 
 import httptools  # type: ignore[import-untyped,unused-ignore]
@@ -71,7 +76,8 @@ def error_response(status: int, message: str, **extra: object) -> Response:
     return json_response(status, {"error": message, **extra})
 
 
-Handler = Callable[[Request], Coroutine[Any, Any, Response]]
+# A Response now, or an awaitable of one: an asyncio.Future is used as is, anything else becomes a Task.
+Handler = Callable[[Request], Response | Awaitable[Response]]
 
 
 _BODILESS_STATUSES = frozenset({204, 304})
@@ -109,7 +115,6 @@ class _Connection(asyncio.Protocol):
         "_current_is_head",
         "_headers",
         "_headers_done",
-        "_loop",
         "_parser",
         "_pending",
         "_server",
@@ -120,7 +125,6 @@ class _Connection(asyncio.Protocol):
 
     def __init__(self, server: HttpServer) -> None:
         self._server = server
-        self._loop = asyncio.get_running_loop()
         self._transport: asyncio.Transport | None = None
         self._client: tuple[str, int] | None = None
         self._parser = httptools.HttpRequestParser(self)
@@ -132,7 +136,7 @@ class _Connection(asyncio.Protocol):
         self._too_large = False
         self._pending: deque[tuple[Request, bool]] = deque()
         self._current_is_head = False
-        self._current: asyncio.Task[Response] | None = None
+        self._current: asyncio.Future[Response] | None = None  # the request being answered, when not at once
         self._closing = False
 
     # asyncio.Protocol
@@ -233,24 +237,36 @@ class _Connection(asyncio.Protocol):
         server = self._server
         server.in_flight += 1
         self._current_is_head = request.method == "HEAD"
-        task = self._loop.create_task(server.handler(request))
-        server._tasks.add(task)
-        self._current = task
-        task.add_done_callback(lambda t: self._on_handled(t, keep_alive))
+        try:
+            answer = server.handler(request)
+        except Exception as exc:
+            server.on_handler_error(exc)
+            self._respond(error_response(500, "internal server error"), keep_alive)
+            return
+        if isinstance(answer, Response):
+            self._respond(answer, keep_alive)
+            return
+        pending = answer if isinstance(answer, asyncio.Future) else asyncio.ensure_future(answer)
+        server._tasks.add(pending)
+        self._current = pending
+        pending.add_done_callback(partial(self._on_handled, keep_alive=keep_alive))
 
-    def _on_handled(self, task: asyncio.Task[Response], keep_alive: bool) -> None:
-        server = self._server
-        server.in_flight -= 1
-        server._tasks.discard(task)
+    def _on_handled(self, pending: asyncio.Future[Response], *, keep_alive: bool) -> None:
+        self._server._tasks.discard(pending)
         self._current = None
-        if task.cancelled():
+        if pending.cancelled():
             response = error_response(503, "server shutting down")
             keep_alive = False
-        elif (exc := task.exception()) is not None:
-            server.on_handler_error(exc)
+        elif (exc := pending.exception()) is not None:
+            self._server.on_handler_error(exc)
             response = error_response(500, "internal server error")
         else:
-            response = task.result()
+            response = pending.result()
+        self._respond(response, keep_alive)
+
+    def _respond(self, response: Response, keep_alive: bool) -> None:
+        server = self._server
+        server.in_flight -= 1
         transport = self._transport
         if transport is not None and not transport.is_closing():
             keep_alive = keep_alive and not response.close_connection and not self._closing
@@ -293,16 +309,17 @@ class _Connection(asyncio.Protocol):
 
 @dataclass
 class HttpServer:
-    """Serves `handler` on one listening socket; `drain` is the graceful half of shutdown."""
+    """Serves `handler` on one or more listening sockets (TCP, Unix); `drain` is the graceful half of
+    shutdown."""
 
     handler: Handler
     max_body_bytes: int = DEFAULT_MAX_BODY_BYTES
     on_handler_error: Callable[[BaseException], None] = lambda exc: None
     in_flight: int = 0
-    _server: asyncio.base_events.Server | None = None
+    _servers: list[asyncio.AbstractServer] = field(default_factory=list)
     _connections: set[_Connection] = field(default_factory=set)
     _idle_waiter: asyncio.Future[None] | None = None
-    _tasks: set[asyncio.Task[Response]] = field(default_factory=set)
+    _tasks: set[asyncio.Future[Response]] = field(default_factory=set)  # answers still pending
 
     async def start(
         self,
@@ -312,20 +329,30 @@ class HttpServer:
         sock: socket.socket | None = None,
         backlog: int = 2048,
     ) -> Address:
-        """Listen on host:port (port 0 = a free one), or on an already bound socket. Returns the address."""
+        """Listen on host:port (port 0 = a free one), or on an already bound TCP socket. Returns the address.
+
+        May be called again (and with `start_unix`) to serve the same handler on more sockets.
+        """
         loop = asyncio.get_running_loop()
         if sock is not None:
-            self._server = await loop.create_server(lambda: _Connection(self), sock=sock, backlog=backlog)
+            server = await loop.create_server(lambda: _Connection(self), sock=sock, backlog=backlog)
         else:
-            self._server = await loop.create_server(
+            server = await loop.create_server(
                 lambda: _Connection(self), host=host, port=port, backlog=backlog, reuse_address=True
             )
-        bound = self._server.sockets[0].getsockname()
+        self._servers.append(server)
+        bound = server.sockets[0].getsockname()
         return Address(host=str(bound[0]), port=int(bound[1]))
 
+    async def start_unix(self, *, sock: socket.socket, backlog: int = 2048) -> None:
+        """Also listen on an already bound Unix domain socket (the caller owns, and removes, its file)."""
+        loop = asyncio.get_running_loop()
+        server = await loop.create_unix_server(lambda: _Connection(self), sock=sock, backlog=backlog)
+        self._servers.append(server)
+
     def stop_accepting(self) -> None:
-        if self._server is not None:
-            self._server.close()
+        for server in self._servers:
+            server.close()
 
     async def drain(self, timeout: float) -> bool:  # noqa: ASYNC109 (a grace period, not a cancel scope)
         """Stop accepting, let in-flight requests finish (up to `timeout` s), then cancel what is left and

@@ -38,8 +38,8 @@ from modelport.runtime.queue_client import (
     QueueClient,
     failure_error,
 )
+from modelport.runtime.replica_spec import ReplicaSpec
 from modelport.runtime.serialize import OCTET_STREAM, UnserializableError, to_response
-from modelport.spec.model import ApiSpec
 from modelport.types import ApiKind
 
 log = logging.getLogger("modelport.runtime")
@@ -56,7 +56,7 @@ ERROR_PAUSE_SECONDS = 5.0  # after the control API refused a lease or stayed unr
 
 
 def start_async_consumer(
-    spec: ApiSpec, *, control_url: str | None, worker_id: str, pool: PredictorPool, predictor: Predictor
+    spec: ReplicaSpec, *, control_url: str | None, worker_id: str, pool: PredictorPool, predictor: Predictor
 ) -> AsyncConsumer | None:
     """The running consumer of an AsyncAPI's queue; None for other kinds, or without a control URL."""
     if spec.kind is not ApiKind.ASYNC:

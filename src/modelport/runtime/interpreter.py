@@ -12,12 +12,22 @@ import logging
 import os
 import sys
 import threading
+from collections.abc import Mapping
 from pathlib import Path
+from typing import Protocol
 
-from modelport.spec.model import PredictorSpec
+
+class InterpreterSettings(Protocol):
+    """What of the spec's `predictor` shapes the interpreter (a PredictorSpec or the replica's view of it)."""
+
+    @property
+    def env(self) -> Mapping[str, str]: ...
+
+    @property
+    def python_path(self) -> str | None: ...
 
 
-def prepare_interpreter(project_dir: Path, predictor: PredictorSpec) -> None:
+def prepare_interpreter(project_dir: Path, predictor: InterpreterSettings) -> None:
     """Before any user code: the spec's env, the import path, and the project as working directory."""
     os.environ.update(predictor.env)
     paths = [str(project_dir)]

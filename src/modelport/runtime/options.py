@@ -8,18 +8,19 @@ read the exit codes to tell a broken predictor from a crash.
 from __future__ import annotations
 
 import argparse
+import os
 from dataclasses import dataclass
 from pathlib import Path
-
-from modelport.runtime.queue_client import DEFAULT_RETRY_BUDGET_SECONDS, parse_control_url
 
 EXIT_OK = 0
 EXIT_CRASHED = 1  # a process of the replica died unexpectedly (or its parent did)
 EXIT_USAGE = 2  # bad flags or an unreadable spec file (argparse uses 2 as well)
 EXIT_PREDICTOR_FAILED = 3  # the user's predictor could not be imported or constructed: traceback on stderr
 EXIT_CANNOT_LISTEN = (
-    4  # host:port could not be bound (e.g. taken since the backend picked it): retry elsewhere
+    4  # host:port (or the --uds path) could not be bound (e.g. taken since the backend picked it)
 )
+# sockaddr_un's sun_path: 108 bytes on Linux, 104 on macOS, the terminating NUL included.
+MAX_UNIX_SOCKET_PATH_BYTES = 103
 
 
 @dataclass(frozen=True, slots=True)
@@ -32,6 +33,8 @@ class ReplicaOptions:
     grace_seconds: float  # how long in-flight requests may take to finish after SIGTERM
     # The control API to consume an AsyncAPI's queue from (docs/jobs.md); None: serve HTTP only.
     control_url: str | None = None
+    # Also serve on this Unix domain socket (the local gateway's cheaper path); removed on exit.
+    unix_socket: Path | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -43,13 +46,13 @@ class WorkerOptions:
     job_id: str
     worker_id: str
     control_url: str
+    retry_budget_seconds: float  # the control API may be away this long
     grace_seconds: float = 30.0  # how long the running batch may take to finish after SIGTERM
-    retry_budget_seconds: float = DEFAULT_RETRY_BUDGET_SECONDS  # the control API may be away this long
 
 
 def parse_args(argv: list[str]) -> ReplicaOptions:
-    """Parse `--project-dir D --spec F --host H --port P --replica-id ID --grace S [--control-url URL]`;
-    exits 2 if bad."""
+    """Parse `--project-dir D --spec F --host H --port P --replica-id ID --grace S [--control-url URL]
+    [--uds PATH]`; exits 2 if bad."""
     parser = argparse.ArgumentParser(prog="modelport replica", description="Serve one replica of an API.")
     parser.add_argument("--project-dir", required=True, type=Path, help="the project root")
     parser.add_argument("--spec", required=True, type=Path, help="the resolved ApiSpec as JSON")
@@ -63,6 +66,12 @@ def parse_args(argv: list[str]) -> ReplicaOptions:
         default=None,
         help="consume the AsyncAPI queue from this control API",
     )
+    parser.add_argument(
+        "--uds",
+        type=_unix_socket_path,
+        default=None,
+        help="also serve on a Unix domain socket at this path (created, and removed on exit)",
+    )
     args = parser.parse_args(argv)
     return ReplicaOptions(
         project_dir=args.project_dir.absolute(),
@@ -72,12 +81,15 @@ def parse_args(argv: list[str]) -> ReplicaOptions:
         replica_id=args.replica_id,
         grace_seconds=args.grace,
         control_url=args.control_url,
+        unix_socket=None if args.uds is None else args.uds.absolute(),
     )
 
 
 def parse_worker_args(argv: list[str]) -> WorkerOptions:
     """Parse `--project-dir D --spec F --job-id ID --worker-id WID --control-url URL [--grace S]
     [--retry-budget S]`; exits 2 if bad."""
+    from modelport.runtime.queue_client import DEFAULT_RETRY_BUDGET_SECONDS
+
     parser = argparse.ArgumentParser(
         prog="modelport worker", description="Run the batches of one job, or one task, of an API."
     )
@@ -121,7 +133,21 @@ def _seconds(raw: str) -> float:
     return seconds
 
 
+def _unix_socket_path(raw: str) -> Path:
+    path = Path(raw).absolute()
+    size = len(os.fsencode(path))
+    if size > MAX_UNIX_SOCKET_PATH_BYTES:
+        raise argparse.ArgumentTypeError(
+            f"the Unix socket path {path} is {size} bytes long; the limit is {MAX_UNIX_SOCKET_PATH_BYTES}: "
+            "choose a shorter path"
+        )
+    return path
+
+
 def _control_url(raw: str) -> str:
+    # Imported here: the queue client (http.client, email) is not needed to start a realtime replica.
+    from modelport.runtime.queue_client import parse_control_url
+
     try:
         return parse_control_url(raw)
     except ValueError as exc:

@@ -49,6 +49,10 @@ class PredictorPool:
         """Run `fn` on a predictor thread; its result or exception comes back here."""
         return await self._submit(fn)
 
+    def submit(self, fn: Callable[[], T]) -> asyncio.Future[T]:
+        """`run` without the coroutine (the request path): a future of `fn`'s result or exception."""
+        return self._submit(fn)
+
     def spawn(self, fn: Callable[[], None], *, what: str) -> None:
         """Run `fn` on a predictor thread without waiting for it; an exception is logged (`what` names it)."""
         future = self._submit(fn)

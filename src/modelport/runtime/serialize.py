@@ -10,11 +10,14 @@ import asyncio
 import sys
 from collections.abc import AsyncIterable, Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING, cast
 
 import orjson
-import starlette.responses
 
 from modelport.http.server import Response
+
+if TYPE_CHECKING:
+    import starlette.responses
 
 OCTET_STREAM = b"application/octet-stream"
 TEXT_PLAIN = b"text/plain; charset=utf-8"
@@ -44,13 +47,25 @@ def to_response(value: object, *, headers: Sequence[tuple[bytes, bytes]] = ()) -
         return Response(status=200, body=bytes(value), content_type=OCTET_STREAM, headers=headers)
     if isinstance(value, str):
         return Response(status=200, body=value.encode(), content_type=TEXT_PLAIN, headers=headers)
-    if isinstance(value, starlette.responses.Response):
-        return _passthrough(value, headers)
+    if (passed := starlette_response(value)) is not None:
+        return _passthrough(passed, headers)
     try:
         body = orjson.dumps(value, default=_numpy_default, option=_JSON_OPTIONS)
     except orjson.JSONEncodeError as exc:
         raise UnserializableError(value, str(exc)) from None
     return Response(status=200, body=body, content_type=JSON, headers=headers)
+
+
+def starlette_response(value: object) -> starlette.responses.Response | None:
+    """`value` when it is a Starlette Response, else None.
+
+    Looked up without importing starlette (it slows every replica's start): a value can only be a Starlette
+    Response once user code has imported starlette.responses.
+    """
+    module = sys.modules.get("starlette.responses")
+    if module is not None and isinstance(value, module.Response):
+        return cast("starlette.responses.Response", value)
+    return None
 
 
 def _numpy_default(value: object) -> object:
@@ -67,9 +82,10 @@ def _numpy_default(value: object) -> object:
 
 
 def _passthrough(response: starlette.responses.Response, extra: Sequence[tuple[bytes, bytes]]) -> Response:
-    if isinstance(response, starlette.responses.StreamingResponse):
+    module = sys.modules["starlette.responses"]
+    if isinstance(response, module.StreamingResponse):
         body = asyncio.run(_collect(response.body_iterator, response.charset))
-    elif isinstance(response, starlette.responses.FileResponse):
+    elif isinstance(response, module.FileResponse):
         body = Path(response.path).read_bytes()
     else:
         body = bytes(response.body)

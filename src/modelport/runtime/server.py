@@ -1,30 +1,33 @@
 """One replica's process lifecycle: listen, prepare, fork, load, serve, drain, exit (with a meaningful code).
 
 Called by the CLI's hidden `modelport replica` command (`run_replica`, or `main` with its flags), which the
-backends start once per replica. Phases, in order: listen on the port first (so `/healthz` answers while a
-slow model loads) -> prepare the interpreter (env, sys.path, cwd) -> fork the other processes -> per process:
-construct the predictor on a predictor thread -> serve (an AsyncAPI replica given `--control-url` also
-consumes its queue: `runtime.async_consumer`) -> on SIGTERM/SIGINT drain -> exit.
+backends start once per replica. Phases, in order: listen on the port (and on `--uds`, the Unix socket the
+local gateway uses) first, so `/healthz` answers while a slow model loads -> prepare the interpreter (env,
+sys.path, cwd) -> fork the other processes -> per process: construct the predictor on a predictor thread ->
+serve (an AsyncAPI replica given `--control-url` also consumes its queue: `runtime.async_consumer`) -> on
+SIGTERM/SIGINT drain -> exit (removing the socket file).
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import signal
 import socket
+import stat
 import time
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import uvloop
-from pydantic import ValidationError
 
+from modelport.http.scheduling import use_batch_scheduling
 from modelport.http.server import HttpServer
 from modelport.runtime.app import ReplicaApp
-from modelport.runtime.async_consumer import AsyncConsumer, start_async_consumer
 from modelport.runtime.family import Children, Lifeline, exit_now, fork_children
 from modelport.runtime.interpreter import configure_logging, prepare_interpreter, threads_would_block_exit
 from modelport.runtime.metrics import BatchSizeHistogram
@@ -40,7 +43,11 @@ from modelport.runtime.options import (
 from modelport.runtime.pool import PredictorPool
 from modelport.runtime.predictor import Predictor, PredictorLoadError, load_predictor
 from modelport.runtime.readiness import Readiness
-from modelport.spec.model import ApiSpec
+from modelport.runtime.replica_spec import ReplicaSpec, SpecFileError, read_replica_spec
+from modelport.types import ApiKind
+
+if TYPE_CHECKING:
+    from modelport.runtime.async_consumer import AsyncConsumer
 
 log = logging.getLogger("modelport.runtime")
 
@@ -61,9 +68,21 @@ def run_replica(options: ReplicaOptions) -> int:
     returning: such a thread cannot be interrupted, and the interpreter would wait for it forever.
     """
     configure_logging(f"replica {options.replica_id}")
+    use_batch_scheduling()  # before any thread or child process exists: they inherit it
     context = _startup(options)
     if isinstance(context, int):
         return context
+    try:
+        code = _run(context)
+    finally:
+        _remove_unix_socket(context.options.unix_socket)
+    if threads_would_block_exit():
+        log.warning("predictor threads are still running; exiting without waiting for them")
+        exit_now(code)
+    return code
+
+
+def _run(context: _Context) -> int:
     processes = context.spec.predictor.processes_per_replica
     children = None
     if processes > 1:
@@ -74,18 +93,14 @@ def run_replica(options: ReplicaOptions) -> int:
         except OSError as exc:
             log.error("cannot start the replica's processes: %s", exc)
             return EXIT_CRASHED
-    code = uvloop.run(_serve(context, index=0, children=children, lifeline=None))
-    if threads_would_block_exit():
-        log.warning("predictor threads are still running; exiting without waiting for them")
-        exit_now(code)
-    return code
+    return uvloop.run(_serve(context, index=0, children=children, lifeline=None))
 
 
 def _startup(options: ReplicaOptions) -> _Context | int:
     """Read the spec, listen, then prepare the interpreter for user code; an exit code if one step fails."""
     try:
-        spec = ApiSpec.model_validate_json(options.spec_path.read_bytes())
-    except (OSError, ValidationError) as exc:
+        spec = read_replica_spec(options.spec_path)
+    except (OSError, SpecFileError) as exc:
         log.error("cannot read the API spec %s: %s", options.spec_path, exc)
         return EXIT_USAGE
     try:
@@ -93,12 +108,21 @@ def _startup(options: ReplicaOptions) -> _Context | int:
     except OSError as exc:
         log.error("cannot listen on %s:%d: %s", options.host, options.port, exc)
         return EXIT_CANNOT_LISTEN
+    unix_sock = None
+    if options.unix_socket is not None:
+        try:
+            unix_sock = _listen_unix(options.unix_socket)
+        except OSError as exc:
+            sock.close()
+            log.error("cannot listen on the Unix socket %s: %s", options.unix_socket, exc)
+            return EXIT_CANNOT_LISTEN
     predictor = spec.predictor
     batching = predictor.server_side_batching
     log.info(
-        "listening on %s:%d for API %s (%d process(es) x %d thread(s)%s), pid %d",
+        "listening on %s:%d%s for API %s (%d process(es) x %d thread(s)%s), pid %d",
         options.host,
         sock.getsockname()[1],
+        "" if options.unix_socket is None else f" and {options.unix_socket}",
         spec.name,
         predictor.processes_per_replica,
         predictor.threads_per_process,
@@ -112,6 +136,7 @@ def _startup(options: ReplicaOptions) -> _Context | int:
         prepare_interpreter(project_dir, predictor)
     except OSError as exc:
         log.error("cannot enter the project directory %s: %s", project_dir, exc)
+        _remove_unix_socket(options.unix_socket)
         return EXIT_PREDICTOR_FAILED
     readiness = Readiness(predictor.processes_per_replica)
     batch_sizes = BatchSizeHistogram() if predictor.server_side_batching is not None else None
@@ -120,6 +145,7 @@ def _startup(options: ReplicaOptions) -> _Context | int:
         spec=spec,
         project_dir=project_dir,
         sock=sock,
+        unix_sock=unix_sock,
         readiness=readiness,
         batch_sizes=batch_sizes,
     )
@@ -130,9 +156,10 @@ class _Context:
     """What every process of the replica starts from (the children inherit it through fork)."""
 
     options: ReplicaOptions
-    spec: ApiSpec
+    spec: ReplicaSpec
     project_dir: Path
     sock: socket.socket
+    unix_sock: socket.socket | None  # bound to options.unix_socket
     readiness: Readiness
     batch_sizes: BatchSizeHistogram | None  # shared by the processes, like readiness
 
@@ -186,8 +213,10 @@ async def _serve(
         batching=predictor_spec.server_side_batching,
         batch_sizes=context.batch_sizes,
     )
-    server = HttpServer(app.handle, on_handler_error=_log_handler_error)
+    server = HttpServer(app.dispatch, on_handler_error=_log_handler_error)
     await server.start(sock=context.sock)
+    if context.unix_sock is not None:
+        await server.start_unix(sock=context.unix_sock)
 
     load = partial(
         load_predictor,
@@ -202,7 +231,7 @@ async def _serve(
     if predictor is not None:
         app.serve(predictor)
         context.readiness.mark_ready()
-        consumer = start_async_consumer(
+        consumer = _start_async_consumer(
             context.spec,
             control_url=context.options.control_url,
             worker_id=context.options.replica_id,
@@ -274,6 +303,42 @@ def _listen(host: str, port: int) -> socket.socket:
     sock = socket.create_server((host, port), family=family, backlog=LISTEN_BACKLOG)
     sock.setblocking(False)
     return sock
+
+
+def _start_async_consumer(
+    spec: ReplicaSpec, *, control_url: str | None, worker_id: str, pool: PredictorPool, predictor: Predictor
+) -> AsyncConsumer | None:
+    """An AsyncAPI's queue consumer; imported only for that kind (its imports slow every replica's start)."""
+    if spec.kind is not ApiKind.ASYNC:
+        return None
+    from modelport.runtime.async_consumer import start_async_consumer
+
+    return start_async_consumer(
+        spec, control_url=control_url, worker_id=worker_id, pool=pool, predictor=predictor
+    )
+
+
+def _listen_unix(path: Path) -> socket.socket:
+    # A socket file left by a replica that was killed (SIGKILL leaves it) would make bind fail; any other
+    # kind of file there is not ours to remove, and bind reports it.
+    with contextlib.suppress(FileNotFoundError):
+        if stat.S_ISSOCK(path.lstat().st_mode):
+            path.unlink()
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        sock.bind(str(path))
+        sock.listen(LISTEN_BACKLOG)
+    except OSError:
+        sock.close()
+        raise
+    sock.setblocking(False)
+    return sock
+
+
+def _remove_unix_socket(path: Path | None) -> None:
+    if path is not None:
+        with contextlib.suppress(OSError):
+            path.unlink(missing_ok=True)
 
 
 def _log_handler_error(exc: BaseException) -> None:

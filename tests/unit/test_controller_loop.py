@@ -389,3 +389,23 @@ def test_shutdown_stops_every_replica_with_the_drain_grace() -> None:
     asyncio.run(cluster.controller.shutdown())
     assert cluster.backend.shutdown_grace == 7.0
     assert all(r.phase is ReplicaPhase.EXITED for r in cluster.backend.replicas.values())
+
+
+def test_a_deploy_wakes_the_running_loop_for_its_next_pass_at_once() -> None:
+    cluster = Cluster()
+    controller = cluster.controller_with(tick_seconds=3600.0)  # without the wake-up, no second pass
+
+    async def scenario() -> int:
+        stop = asyncio.Event()
+        loop = asyncio.create_task(controller.run(stop))
+        await asyncio.sleep(0)  # the first pass runs (nothing deployed yet), then the loop waits
+        controller.deploy(cluster.desired())
+        for _ in range(100):
+            if cluster.backend.launches:
+                break
+            await asyncio.sleep(0.01)
+        stop.set()
+        await asyncio.wait_for(loop, timeout=5)
+        return len(cluster.backend.launches)
+
+    assert asyncio.run(scenario()) == 2  # init_replicas started by the pass the deploy woke

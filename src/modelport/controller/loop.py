@@ -86,6 +86,7 @@ class Controller:
         self._routes = routes
         self._traffic = traffic
         self._jobs = jobs
+        self._wake: asyncio.Event | None = None  # set by run(): a command wakes the loop for its next pass
         self._store = store
         self._clock = clock
         self._tick_seconds = tick_seconds
@@ -131,6 +132,7 @@ class Controller:
         # The gateway knows the API when deploy returns: a batch, task or async API takes submissions at
         # once, a realtime one answers 503 (not ready) rather than 404 until its replicas are.
         self._guarded("publishing routes", self._publish, self._backend.observe())
+        self._nudge()
         return "created" if known is None else "updated"
 
     def delete(self, name: ApiName) -> bool:
@@ -170,6 +172,7 @@ class Controller:
         self._log.info(
             "refreshing api %s: replacing every replica (generation %d)", name, refreshed.generation
         )
+        self._nudge()
         return refreshed
 
     def restore(self) -> None:
@@ -221,13 +224,18 @@ class Controller:
 
     async def run(self, stop: asyncio.Event) -> None:
         self._log.info("controller running (a pass every %.2f s)", self._tick_seconds)
+        self._wake = asyncio.Event()
         while not stop.is_set():
+            self._wake.clear()
             try:
                 await self.tick()
             except Exception:  # tick() guards each phase; this is the last line of defence
                 self._log.exception("controller pass failed; the loop goes on")
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(stop.wait(), timeout=self._tick_seconds)
+            # The next pass comes after tick_seconds, or at once when a command changed the desired state.
+            waits = [asyncio.ensure_future(stop.wait()), asyncio.ensure_future(self._wake.wait())]
+            await asyncio.wait(waits, timeout=self._tick_seconds, return_when=asyncio.FIRST_COMPLETED)
+            for waiting in waits:
+                waiting.cancel()
         self._log.info("controller stopped")
 
     async def shutdown(self) -> None:
@@ -497,6 +505,11 @@ class Controller:
         return None if desired is None else desired.spec.kind
 
     # ---- helpers ----
+
+    def _nudge(self) -> None:
+        """Run the next pass now, not after the tick interval: a deploy starts its replicas at once."""
+        if self._wake is not None:
+            self._wake.set()
 
     def _assess(
         self, desired: DesiredApi, own: Sequence[ObservedReplica]

@@ -256,3 +256,9 @@ def test_describe_shows_the_server_side_batch_sizes(cluster: Cluster, tmp_path: 
     shown = cluster.cli("describe", "batched")
     assert "server-side batching" in shown.stdout and "per batch on average" in shown.stdout
     assert cluster.cli("delete", "batched").returncode == 0
+
+
+@pytest.mark.skipif(not hasattr(os, "SCHED_BATCH"), reason="the batch scheduling class is Linux's")
+def test_the_daemon_runs_its_gateway_in_the_batch_scheduling_class(cluster: Cluster) -> None:
+    # The gateway shares cores with its replicas (modelport.http.scheduling).
+    assert os.sched_getscheduler(cluster.daemon_pid()) == os.SCHED_BATCH

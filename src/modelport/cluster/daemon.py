@@ -34,6 +34,7 @@ from modelport.controller.jobs import JobScheduler
 from modelport.controller.loop import Controller
 from modelport.errors import ModelportError, UnavailableError
 from modelport.gateway.app import Gateway
+from modelport.http.scheduling import use_batch_scheduling
 from modelport.http.server import HttpServer
 from modelport.settings import Settings
 from modelport.store.jobs import SqliteJobStore
@@ -153,6 +154,9 @@ async def run_daemon(settings: Settings) -> int:
             log.info("removed %d snapshot(s) and spec file(s) no deployed API uses", len(removed))
         controller.restore()
 
+        # The gateway's thread (this one) joins the kernel's batch scheduling class, as replicas do: a gateway
+        # and its local replicas share cores (modelport.http.scheduling says why and what it costs).
+        use_batch_scheduling()
         gateway_address = await gateway.start(host=settings.gateway_host, port=settings.gateway_port)
         control = ControlApi(
             controller=controller,

@@ -25,7 +25,6 @@ from modelport.gateway.metrics import CONTENT_TYPE, MetricsSample, render_metric
 from modelport.gateway.retry import NO_OTHER_REPLICA, FailedAttempt, Next, after_failure, failure_message
 from modelport.gateway.routing import WAITING_WONT_HELP, ApiState, RouteTable
 from modelport.gateway.upstream import FailureStage, Outcome, UpstreamError, UpstreamPool, UpstreamResponse
-from modelport.http.scheduling import use_batch_scheduling
 from modelport.http.server import HttpServer, Request, Response, error_response, json_response
 from modelport.types import Address, ApiKind, ApiName, ApiRoute, ApiTraffic, ReplicaTarget
 
@@ -90,9 +89,6 @@ class Gateway:
 
     # Lifecycle
     async def start(self, *, host: str, port: int) -> Address:
-        """Listen on host:port. The calling thread (the event loop's) joins the kernel's batch scheduling
-        class (modelport.http.scheduling: a gateway and its local replicas share cores)."""
-        use_batch_scheduling()
         return await self._server.start(host=host, port=port)
 
     def stop_accepting(self) -> None:

@@ -1,7 +1,8 @@
 """The kernel's batch scheduling class for the data-plane processes (Linux; elsewhere nothing changes).
 
 Called once at start by the processes that serve requests: `runtime.server` (every replica process) and
-`gateway.app.Gateway.start` (the local cluster's daemon thread that runs the gateway). A gateway and its
+`cluster.daemon` (the local cluster's thread that runs the gateway), never as a side effect of a library
+call. A gateway and its
 replicas often share a core: a request wakes the replica, and its answer wakes the gateway. A normally
 scheduled process that is woken pre-empts the one that woke it, so they hand the core back and forth once per
 request (about two context switches per request, each evicting the other's cache). In the batch class a

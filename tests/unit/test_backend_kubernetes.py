@@ -25,7 +25,7 @@ from modelport.backends.kubernetes import (
     KubeApiError,
     KubernetesBackend,
 )
-from modelport.cli.kube import kube_layout
+from modelport.cluster.kube_cluster import kube_layout
 from modelport.errors import (
     ConflictError,
     ModelportError,

@@ -21,7 +21,7 @@ from modelport.cli.failures import EXIT_FAILURE
 from modelport.errors import UserInputError
 
 if TYPE_CHECKING:  # the backend, the spec and pydantic load only when a Kubernetes command runs
-    from modelport.backends.kube_state import KubeLayout, PodState
+    from modelport.backends.kube_state import PodState
     from modelport.backends.kubernetes import ApiState, KubeApi, KubernetesBackend
     from modelport.spec.load import Project
 
@@ -48,26 +48,9 @@ class KubeWiring:
     connect: Callable[[Environment], KubeApi] = connect_client
 
 
-def kube_layout() -> KubeLayout:
-    """The names and labels modelport.manifests gives an API's objects, for the backend to find them by."""
-    from modelport.backends.kube_state import KubeLayout
-    from modelport.manifests import layout
-
-    return KubeLayout(
-        api_label=layout.API_LABEL,
-        component_label=layout.COMPONENT_LABEL,
-        kind_label=layout.KIND_LABEL,
-        api_component=layout.Component.API.value,
-        revision_annotation=layout.REVISION_ANNOTATION,
-        spec_key=layout.SPEC_KEY,
-        replica_port=layout.REPLICA_PORT,
-        object_name=layout.api_object_name,
-        gateway_service=layout.GATEWAY_NAME,
-    )
-
-
 def backend_for(environment: Environment, wiring: KubeWiring) -> KubernetesBackend:
     from modelport.backends.kubernetes import KubernetesBackend
+    from modelport.cluster.kube_cluster import kube_layout
 
     return KubernetesBackend(
         wiring.connect(environment),

@@ -21,7 +21,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
 
 from modelport.clock import Clock
@@ -29,6 +29,7 @@ from modelport.controller.jobs import JobScheduler
 from modelport.controller.jobstore import JobRecord
 from modelport.controller.kube_ports import DeployedApi, JobWorkers, ServingCluster
 from modelport.controller.leader import LeaderElector
+from modelport.controller.phases import guarded_phase
 from modelport.controller.ports import DesiredApi, ObservedReplica, RouteSink, TrafficSource
 from modelport.controller.scaling import Autoscalers
 from modelport.controller.views import route_of
@@ -428,17 +429,8 @@ class KubeController:
             self._log.info("job %s: its Kubernetes Job is deleted (its workers stop)", job_id)
         return _JobOutcome(stopped=frozenset(stopped))
 
-    @contextlib.contextmanager
-    def _phase(self, phase: str) -> Iterator[None]:
-        started = self._clock.monotonic()
-        try:
-            yield
-        except Exception:
-            self._log.exception("controller phase %s failed; the loop goes on", phase)
-        finally:
-            elapsed = self._clock.monotonic() - started
-            if elapsed > SLOW_PHASE_SECONDS:
-                self._log.warning("controller phase %s took %.1f s", phase, elapsed)
+    def _phase(self, phase: str) -> contextlib.AbstractContextManager[None]:
+        return guarded_phase(phase, clock=self._clock, log=self._log, slow_seconds=SLOW_PHASE_SECONDS)
 
 
 def _hold_reason(api: DeployedApi | None) -> str | None:

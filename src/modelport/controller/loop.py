@@ -10,7 +10,7 @@ import asyncio
 import contextlib
 import logging
 import secrets
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Literal, ParamSpec
@@ -24,6 +24,7 @@ from modelport.controller.backoff import (
     record_ready,
 )
 from modelport.controller.jobs import JobScheduler, WorkerLaunch
+from modelport.controller.phases import guarded_phase
 from modelport.controller.plan import LIVE_PHASES, Target, plan_rollout
 from modelport.controller.ports import (
     Backend,
@@ -603,17 +604,8 @@ class Controller:
             raise NotFoundError(f"api {name} is not deployed (see `modelport get`)")
         return desired
 
-    @contextlib.contextmanager
-    def _phase(self, phase: str) -> Iterator[None]:
-        started = self._clock.monotonic()
-        try:
-            yield
-        except Exception:
-            self._log.exception("controller phase %s failed; the loop goes on", phase)
-        finally:
-            elapsed = self._clock.monotonic() - started
-            if elapsed > SLOW_PHASE_SECONDS:
-                self._log.warning("controller phase %s took %.1f s", phase, elapsed)
+    def _phase(self, phase: str) -> contextlib.AbstractContextManager[None]:
+        return guarded_phase(phase, clock=self._clock, log=self._log, slow_seconds=SLOW_PHASE_SECONDS)
 
     def _guarded(self, what: str, action: Callable[P, None], *args: P.args, **kwargs: P.kwargs) -> None:
         try:

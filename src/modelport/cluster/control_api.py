@@ -10,23 +10,22 @@ import asyncio
 import logging
 import os
 import re
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
-from urllib.parse import unquote
 
 import orjson
 
 from modelport.cluster import serialize
 from modelport.cluster.batch_metrics import read_batch_sizes
-from modelport.cluster.http_errors import error_to_response
 from modelport.cluster.jobs_api import JobsApi
 from modelport.cluster.requirements import requirements_warning
+from modelport.cluster.routes import Route, dispatch
 from modelport.cluster.snapshot import prepare
 from modelport.controller.loop import Controller
 from modelport.controller.ports import DesiredApi
 from modelport.errors import NotFoundError, UserInputError
-from modelport.http.server import Request, Response, error_response, json_response
+from modelport.http.server import Request, Response, json_response
 from modelport.settings import Settings
 from modelport.spec.load import load_project
 from modelport.types import ApiName, JobId, ReplicaPhase
@@ -36,8 +35,6 @@ log = logging.getLogger("modelport.control")
 
 _FIRST_READ_BYTES = 64 * 1024  # how much of each existing log file a new `logs` call starts with
 _MAX_READ_BYTES = 512 * 1024  # per file and call, so one chatty replica cannot make a call huge
-
-RouteHandler = Callable[[Request, dict[str, str]], Awaitable[Response]]
 
 
 class ControlApi:
@@ -57,7 +54,7 @@ class ControlApi:
         self._request_shutdown = request_shutdown
         self._wall = clock_wall
         self._deploy_lock = asyncio.Lock()
-        self._routes: list[tuple[str, re.Pattern[str], RouteHandler]] = [
+        self._routes: list[Route] = [
             ("GET", re.compile(r"/v1/health"), self._health),
             ("POST", re.compile(r"/v1/deploy"), self._deploy),
             ("GET", re.compile(r"/v1/apis"), self._list_apis),
@@ -72,22 +69,7 @@ class ControlApi:
             self._routes.extend(jobs.routes())
 
     async def handle(self, request: Request) -> Response:
-        path_matched = False
-        for method, pattern, handler in self._routes:
-            match = pattern.fullmatch(request.path)
-            if match is None:
-                continue
-            path_matched = True
-            if method != request.method:
-                continue
-            try:
-                params = {key: unquote(value) for key, value in match.groupdict().items()}
-                return await handler(request, params)
-            except Exception as exc:
-                return error_to_response(exc, request)
-        if path_matched:
-            return error_response(405, f"method {request.method} is not allowed on {request.path}")
-        return error_response(404, f"no control API route {request.path}")
+        return await dispatch(self._routes, request)
 
     async def _health(self, request: Request, params: dict[str, str]) -> Response:
         return json_response(

@@ -12,13 +12,13 @@ import asyncio
 import base64
 import contextlib
 import re
-from collections.abc import Awaitable, Callable
 from typing import Any, Protocol
 from urllib.parse import parse_qs
 
 import orjson
 
 from modelport.cluster.http_errors import error_to_response
+from modelport.cluster.routes import Route
 from modelport.controller.jobs import JobScheduler, JobView, LeaseKind, require_kind
 from modelport.controller.jobstore import ItemState, ItemView, Lease
 from modelport.controller.ports import DesiredApi, ObservedReplica
@@ -26,8 +26,6 @@ from modelport.errors import UserInputError
 from modelport.http.server import Request, Response, error_response, json_response
 from modelport.spec.job import parse_batch_job, parse_task_job, plan_batches
 from modelport.types import ApiKind, ApiName, ApiRoute, AsyncStatus, JobId
-
-RouteHandler = Callable[[Request, dict[str, str]], Awaitable[Response]]
 
 MAX_LONG_POLL_SECONDS = 20.0
 
@@ -150,7 +148,7 @@ class JobsApi:
 
     # ---- control API routes ----
 
-    def routes(self) -> list[tuple[str, re.Pattern[str], RouteHandler]]:
+    def routes(self) -> list[Route]:
         job, api = r"/v1/jobs/(?P<job_id>[^/]+)", r"/v1/async/(?P<name>[^/]+)"
         apis = r"/v1/apis/(?P<name>[^/]+)/jobs"
         return [

@@ -9,19 +9,14 @@ the CLI, so this API has no such routes. Thin adapter: errors map to statuses in
 from __future__ import annotations
 
 import re
-from collections.abc import Awaitable, Callable
 from typing import Any
-from urllib.parse import unquote
 
-from modelport.cluster.http_errors import error_to_response
 from modelport.cluster.jobs_api import JobsApi
+from modelport.cluster.routes import Route, RouteHandler, dispatch
 from modelport.controller.kube_loop import KubeController
 from modelport.controller.ports import TrafficSource
 from modelport.http.server import Request, Response, error_response, json_response
 from modelport.version import __version__
-
-RouteHandler = Callable[[Request, dict[str, str]], Awaitable[Response]]
-Route = tuple[str, re.Pattern[str], RouteHandler]
 
 _RETRY_AFTER = ((b"retry-after", b"2"),)
 
@@ -52,22 +47,7 @@ class KubeControlApi:
             self._routes.extend((m, p, self._leader_only(h)) for m, p, h in jobs.routes())
 
     async def handle(self, request: Request) -> Response:
-        path_matched = False
-        for method, pattern, handler in self._routes:
-            match = pattern.fullmatch(request.path)
-            if match is None:
-                continue
-            path_matched = True
-            if method != request.method and not (method == "GET" and request.method == "HEAD"):
-                continue
-            try:
-                params = {key: unquote(value) for key, value in match.groupdict().items()}
-                return await handler(request, params)
-            except Exception as exc:
-                return error_to_response(exc, request)
-        if path_matched:
-            return error_response(405, f"method {request.method} is not allowed on {request.path}")
-        return error_response(404, f"no control API route {request.path}")
+        return await dispatch(self._routes, request)
 
     async def _health(self, request: Request, params: dict[str, str]) -> Response:
         """Liveness: the process answers, leading or standing by."""
